@@ -1,0 +1,477 @@
+"""
+Language grouping and MoE-layer selection for DMoE (PAPER.md steps 2-3). Pure numpy.
+
+Input: the profile written by profile.py -- per-language, per-layer FFN deviations d_l^x and the
+cosine similarity of the languages' deviation vectors. Output: groups.json, which says
+  - which layers become MoE layers  (step 2: D_l = mean_x d_l^x, normalise, keep D^_l >= eps)
+  - which languages share an expert (step 3: balanced groups by similarity, one expert per group)
+
+Grouping rules (distance = 1 - cosine similarity):
+  minmax        the paper's 18-language rule: exhaustive search for the tightest subset, repeatedly
+  seed          the paper's 128-language rule: seed with the closest pair, grow greedily
+  agglomerative hierarchical clustering with a group-size cap (the project's default)
+  random        random groups of the same (balanced) sizes, the ablation baseline
+
+Usage:
+  python group.py profile.json --groups 6 --method agglomerative --eps 0.6 --out groups.json
+"""
+
+import argparse
+import itertools
+import json
+import math
+import os
+
+import numpy as np
+
+METHODS = ("agglomerative", "minmax", "seed", "random")
+
+# -----------------------------------------------------------------------------
+# similarity
+
+def cosine_similarity(V):
+    """Cosine similarity of the rows of V (n, dim) -> (n, n). Rows are languages.
+    A zero row (a language whose model did not move) has similarity 0 to every other row; the
+    diagonal is always 1 (distance 0 to itself)."""
+    V = np.asarray(V, dtype=np.float64)
+    V = V.reshape(V.shape[0], -1)
+    norms = np.linalg.norm(V, axis=1)
+    U = V / np.where(norms > 0, norms, 1.0)[:, None]  # zero rows stay zero
+    S = np.clip(U @ U.T, -1.0, 1.0)
+    np.fill_diagonal(S, 1.0)
+    return S
+
+def _distance(S):
+    """1 - similarity, symmetrised, zero diagonal."""
+    S = np.asarray(S, dtype=np.float64)
+    assert S.ndim == 2 and S.shape[0] == S.shape[1], f"similarity must be square, got {S.shape}"
+    D = 1.0 - (S + S.T) / 2
+    np.fill_diagonal(D, 0.0)
+    return D
+
+def balanced_sizes(n, k):
+    """Sizes of k balanced groups of n items: they differ by at most one and the larger ones come
+    first (the first n % k groups get ceil(n/k)). E.g. (18, 6) -> [3]*6, (10, 3) -> [4, 3, 3]."""
+    assert 1 <= k <= n, f"need 1 <= k <= n, got k={k}, n={n}"
+    q, r = divmod(n, k)
+    return [q + 1] * r + [q] * (k - r)
+
+def _check(S, langs, k):
+    S = np.asarray(S, dtype=np.float64)
+    n = len(langs)
+    assert S.shape == (n, n), f"similarity is {S.shape} but there are {n} languages"
+    assert 1 <= k <= n, f"cannot make {k} groups of {n} languages"
+    return _distance(S), n
+
+# -----------------------------------------------------------------------------
+# the paper's two greedy balanced rules
+
+MAX_SUBSETS = 5_000_000  # exhaustive search limit for group_minmax (C(18,9) = 48,620)
+
+def group_minmax(S, langs, k):
+    """The paper's 18-language rule. While languages remain: among all subsets of the remaining
+    languages of the next group size, pick the one with the smallest maximum pairwise distance;
+    remove it; repeat. Sizes come from balanced_sizes(n, k) (larger groups first when k does not
+    divide n). Ties on the max distance are broken by the smaller mean pairwise distance, then by
+    the lexicographically first subset in `langs` order, so the result is deterministic.
+    Groups are returned in the order they were formed (group 0 is the tightest), languages within a
+    group in `langs` order."""
+    D, n = _check(S, langs, k)
+    remaining = list(range(n))
+    groups = []
+    for size in balanced_sizes(n, k):
+        if size == len(remaining):  # the last group takes what is left
+            best = tuple(remaining)
+        else:
+            n_sub = math.comb(len(remaining), size)
+            if n_sub > MAX_SUBSETS:
+                raise ValueError(f"minmax would search C({len(remaining)},{size}) = {n_sub:,} subsets; "
+                                 f"use --method seed or agglomerative for this many languages")
+            best, best_key = None, None
+            combos = itertools.combinations(remaining, size)
+            while True:  # vectorised over chunks of subsets
+                chunk = np.array(list(itertools.islice(combos, 100_000)), dtype=np.int64)
+                if len(chunk) == 0:
+                    break
+                sub = D[chunk[:, :, None], chunk[:, None, :]]  # (N, size, size)
+                mx = sub.max(axis=(1, 2))
+                mean = sub.sum(axis=(1, 2)) / max(size * (size - 1), 1)
+                # lexsort: last key is primary; np.lexsort is stable so the first subset wins ties
+                i = np.lexsort((np.round(mean, 12), np.round(mx, 12)))[0]
+                key = (round(float(mx[i]), 12), round(float(mean[i]), 12))
+                if best_key is None or key < best_key:
+                    best, best_key = tuple(chunk[i].tolist()), key
+        groups.append([langs[j] for j in sorted(best)])
+        remaining = [j for j in remaining if j not in best]
+    return groups
+
+def group_seed_growth(S, langs, k):
+    """The paper's 128-language rule. For each group (sizes from balanced_sizes): seed it with the
+    closest remaining pair, then repeatedly add the remaining language whose maximum distance to the
+    group members is smallest (ties: smaller mean distance, then earlier in `langs`) until the group
+    is full. A group of size 1 takes the first remaining language. Groups in formation order."""
+    D, n = _check(S, langs, k)
+    remaining = list(range(n))
+    groups = []
+    for size in balanced_sizes(n, k):
+        if size >= len(remaining):
+            members = list(remaining)
+        elif size == 1:
+            members = [remaining[0]]
+        else:
+            r = np.array(remaining)
+            sub = D[np.ix_(r, r)] + np.diag(np.full(len(r), np.inf))  # never pair a language with itself
+            a, b = np.unravel_index(np.argmin(sub), sub.shape)  # argmin: first in row-major = deterministic
+            members = [int(r[a]), int(r[b])]
+            while len(members) < size:
+                cand = [j for j in remaining if j not in members]
+                to_group = D[np.ix_(cand, members)]  # (len(cand), len(members))
+                keys = [(round(float(m), 12), round(float(a), 12), j)
+                        for m, a, j in zip(to_group.max(1), to_group.mean(1), cand)]
+                members.append(min(keys)[2])
+        groups.append([langs[j] for j in sorted(members)])
+        remaining = [j for j in remaining if j not in members]
+    return groups
+
+# -----------------------------------------------------------------------------
+# agglomerative clustering with a size cap (the project's default)
+
+def _ffd_fits(sizes, n_bins, cap):
+    """First-fit-decreasing: can clusters of these sizes be packed into n_bins groups of <= cap?
+    (A sufficient check -- FFD may miss a packing that exists, never invents one.)"""
+    bins = []
+    for s in sorted(sizes, reverse=True):
+        for i in range(len(bins)):
+            if bins[i] + s <= cap:
+                bins[i] += s
+                break
+        else:
+            bins.append(s)
+            if len(bins) > n_bins:
+                return False
+    return True
+
+def group_agglomerative(S, langs, k, linkage="complete"):
+    """Agglomerative (hierarchical) clustering of the languages into k groups of at most
+    cap = ceil(n/k) languages. Start from singletons; repeatedly merge the closest pair of clusters
+    (linkage "complete" = max pairwise distance, "average" = mean, "single" = min) among the allowed
+    merges, until k clusters remain. A merge is allowed, in order of preference:
+      1. its union fits the cap AND the cluster sizes can afterwards still be packed into k groups of
+         <= cap (first-fit-decreasing check) -- so with k | n the result is exactly balanced;
+      2. (relaxation) its union fits the cap;
+      3. (relaxation) no union fits the cap: merge the pair with the smallest union (closest among
+         those); this group then exceeds the cap. It never happens while rule 1 finds a merge.
+    Ties in distance go to the pair of clusters with the earliest members.
+    Returns (groups, merges): groups ordered by their first language in `langs` order; merges is the
+    tree as scipy does it: [a, b, distance, new_size] with singleton ids 0..n-1 (= index in langs)
+    and the i-th merge creating cluster id n+i."""
+    assert linkage in ("complete", "average", "single"), f"unknown linkage {linkage!r}"
+    D, n = _check(S, langs, k)
+    cap = math.ceil(n / k)
+    C = D.copy()  # cluster-to-cluster distance, updated with the Lance-Williams formulas
+    active = list(range(n))  # slot indices (a slot holds one live cluster)
+    members = {i: [i] for i in range(n)}  # slot -> language indices
+    ids = list(range(n))  # slot -> cluster id in the merge tree
+    merges = []
+    while len(active) > k:
+        # slot s always holds language s as its first member, so (a, b) breaks ties by earliest members
+        pairs = [(round(float(C[a, b]), 12), a, b) for ia, a in enumerate(active) for b in active[ia + 1:]]
+        pairs.sort()
+        sizes = {a: len(members[a]) for a in active}
+        chosen = None
+        for _, a, b in pairs:  # rule 1
+            if sizes[a] + sizes[b] <= cap:
+                after = [s for c, s in sizes.items() if c not in (a, b)] + [sizes[a] + sizes[b]]
+                if _ffd_fits(after, k, cap):
+                    chosen = (a, b)
+                    break
+        if chosen is None:  # rule 2
+            chosen = next(((a, b) for _, a, b in pairs if sizes[a] + sizes[b] <= cap), None)
+        if chosen is None:  # rule 3
+            chosen = min(pairs, key=lambda p: (sizes[p[1]] + sizes[p[2]], p))[1:]
+        a, b = chosen
+        na, nb = sizes[a], sizes[b]
+        dist = float(C[a, b])
+        # merge b into slot a and update distances to every other cluster
+        if linkage == "complete":
+            new = np.maximum(C[a], C[b])
+        elif linkage == "single":
+            new = np.minimum(C[a], C[b])
+        else:
+            new = (na * C[a] + nb * C[b]) / (na + nb)
+        C[a, :], C[:, a] = new, new
+        C[a, a] = 0.0
+        merges.append([ids[a], ids[b], dist, na + nb])
+        ids[a] = n + len(merges) - 1
+        members[a] = members[a] + members.pop(b)
+        active.remove(b)
+    groups = sorted((sorted(members[a]) for a in active), key=lambda g: g[0])
+    return [[langs[j] for j in g] for g in groups], merges
+
+# -----------------------------------------------------------------------------
+# random baseline
+
+def random_groups(langs, sizes, seed=0):
+    """Random groups with the given sizes (a list of ints summing to len(langs), or an int k meaning
+    balanced_sizes(n, k)). Deterministic for a given seed; languages within a group in `langs` order."""
+    langs = list(langs)
+    if isinstance(sizes, (int, np.integer)):
+        sizes = balanced_sizes(len(langs), int(sizes))
+    assert sum(sizes) == len(langs), f"sizes {sizes} do not add up to {len(langs)} languages"
+    perm = np.random.default_rng(seed).permutation(len(langs))
+    groups, i = [], 0
+    for s in sizes:
+        groups.append([langs[j] for j in sorted(perm[i:i + s].tolist())])
+        i += s
+    return groups
+
+# -----------------------------------------------------------------------------
+# step 2: which layers become MoE layers
+
+def select_layers(dev_per_layer, eps=0.6):
+    """Dynamic layer selection. D^_l = (D_l - min D)/(max D - min D); layer l becomes an MoE layer iff
+    D^_l >= eps. Since the largest layer always has D^ = 1 and the smallest D^ = 0, an ordinary
+    eps in (0, 1] picks at least one layer and never all of them. Documented edge cases:
+      - eps <= 0: every layer (an explicit request: the all-layer MoE baseline);
+      - eps > 1 would select nothing: the single largest layer is used instead;
+      - degenerate D (one layer, or max - min <= 1e-12 * max|D|, e.g. all zeros): the ranking
+        carries no information, so take the top half, ceil(L/2) layers by D, ties going to the
+        later layers (the paper's strictest eps=0.8 picked the last layers).
+    Returns sorted layer indices."""
+    D = np.asarray(dev_per_layer, dtype=np.float64).reshape(-1)
+    L = len(D)
+    assert L > 0 and np.all(np.isfinite(D)), f"deviations must be finite, got {D}"
+    if eps <= 0:
+        return list(range(L))
+    lo, hi = D.min(), D.max()
+    if L == 1 or hi - lo <= 1e-12 * max(abs(hi), abs(lo)):
+        order = sorted(range(L), key=lambda l: (-D[l], -l))
+        return sorted(order[:math.ceil(L / 2)])
+    Dn = (D - lo) / (hi - lo)
+    chosen = [l for l in range(L) if Dn[l] >= eps - 1e-12]
+    if not chosen:  # eps > 1
+        chosen = [int(np.argmax(D))]
+    return chosen
+
+def normalized(dev_per_layer):
+    D = np.asarray(dev_per_layer, dtype=np.float64)
+    span = D.max() - D.min()
+    return (D - D.min()) / span if span > 0 else np.zeros_like(D)
+
+# -----------------------------------------------------------------------------
+# groups.json
+
+def group_languages(S, langs, k, method="agglomerative", seed=0, linkage="complete"):
+    """Dispatch to one grouping rule -> (groups, merges); merges is [] except for agglomerative."""
+    if method == "agglomerative":
+        return group_agglomerative(S, langs, k, linkage)
+    if method == "minmax":
+        return group_minmax(S, langs, k), []
+    if method == "seed":
+        return group_seed_growth(S, langs, k), []
+    if method == "random":
+        return random_groups(langs, k, seed), []
+    raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+
+def within_similarity(S, langs, groups):
+    """Mean off-diagonal similarity inside each group (None for a group of one)."""
+    idx = {l: i for i, l in enumerate(langs)}
+    out = []
+    for g in groups:
+        ii = [idx[l] for l in g]
+        sub = np.asarray(S)[np.ix_(ii, ii)]
+        m = len(ii)
+        out.append(float((sub.sum() - np.trace(sub)) / (m * (m - 1))) if m > 1 else None)
+    return out
+
+def rand_index(groups_a, groups_b):
+    """Fraction of language pairs on which two groupings agree (same group in both, or different in
+    both). 1.0 = identical partitions."""
+    ga = {l: i for i, g in enumerate(groups_a) for l in g}
+    gb = {l: i for i, g in enumerate(groups_b) for l in g}
+    langs = sorted(ga)
+    pairs = list(itertools.combinations(langs, 2))
+    if not pairs:
+        return 1.0
+    return sum((ga[x] == ga[y]) == (gb[x] == gb[y]) for x, y in pairs) / len(pairs)
+
+def make_groups(profile, k, method="agglomerative", eps=0.6, seed=0, linkage="complete"):
+    """profile (profile.py output) -> the groups.json dict:
+    langs, method, k, groups, lang_to_group, moe_layers, eps, layer_dev (D_l, mean FFN deviation per
+    layer), layer_dev_norm (D^_l), attn_layer_dev, merges (agglomerative tree, else []), similarity,
+    group_similarity (mean within-group similarity), and, when the profile has per-repeat
+    similarities, repeat_groups/repeat_rand: the grouping redone on each repeat's similarity alone and
+    its Rand agreement with the final groups -- the stability check PAPER.md asks for."""
+    langs = list(profile["langs"])
+    if profile.get("similarity") is not None:
+        S = np.asarray(profile["similarity"], dtype=np.float64)
+    else:
+        S = cosine_similarity(profile["vectors"])
+    ffn = np.array([profile["ffn_dev"][l] for l in langs], dtype=np.float64)  # (n, L)
+    layer_dev = ffn.mean(axis=0)
+    attn = profile.get("attn_dev")
+    attn_layer_dev = np.array([attn[l] for l in langs], dtype=np.float64).mean(0) if attn else None
+    groups, merges = group_languages(S, langs, k, method, seed, linkage)
+    out = {
+        "langs": langs,
+        "method": method,
+        "k": k,
+        "groups": groups,
+        "lang_to_group": {l: gi for gi, g in enumerate(groups) for l in g},
+        "moe_layers": select_layers(layer_dev, eps),
+        "eps": eps,
+        "layer_dev": layer_dev.tolist(),
+        "layer_dev_norm": normalized(layer_dev).tolist(),
+        "attn_layer_dev": None if attn_layer_dev is None else attn_layer_dev.tolist(),
+        "merges": merges,
+        "similarity": S.tolist(),
+        "group_similarity": within_similarity(S, langs, groups),
+        "seed": seed,
+    }
+    if method == "agglomerative":
+        out["linkage"] = linkage
+    reps = profile.get("similarity_repeats") or []
+    if len(reps) > 1 and method != "random":
+        out["repeat_groups"] = [group_languages(np.asarray(R), langs, k, method, seed, linkage)[0]
+                                for R in reps]
+        out["repeat_rand"] = [rand_index(groups, g) for g in out["repeat_groups"]]
+    return out
+
+# -----------------------------------------------------------------------------
+# text report
+
+SHADES = " ░▒▓█"
+
+def _bar(x, xmax, width=24):
+    """Text bar of length x/xmax * width using eighth blocks."""
+    if not xmax > 0:
+        return ""
+    eighths = int(round(max(x, 0) / xmax * width * 8))
+    return "█" * (eighths // 8) + ("", "▏", "▎", "▍", "▌", "▋", "▊", "▉")[eighths % 8]
+
+def heatmap(S, langs, groups=None):
+    """Similarity matrix as shaded text, languages ordered by group with │ and ─ at group boundaries.
+    Shades are scaled to the off-diagonal range (the diagonal, always 1, is drawn as ╲)."""
+    S = np.asarray(S, dtype=np.float64)
+    n = len(langs)
+    groups = groups or [list(langs)]
+    idx = {l: i for i, l in enumerate(langs)}
+    order = [idx[l] for g in groups for l in g]
+    ends = set(np.cumsum([len(g) for g in groups])[:-1].tolist())  # boundary before these positions
+    off = S[~np.eye(n, dtype=bool)]
+    lo, hi = (off.min(), off.max()) if off.size else (0.0, 1.0)
+    cw = 2 if n <= 40 else 1  # cell width
+    lw = max(len(l) for l in langs)
+
+    def sep(p):
+        return "│" if p in ends else ""
+
+    lines = [f"similarity heatmap: '{SHADES}' = {lo:.3f} .. {hi:.3f} (off-diagonal range)"]
+    for r in range(max(len(l) for l in langs)):  # vertical column labels
+        row = " " * (lw + 1)
+        for p, j in enumerate(order):
+            lab = langs[j]
+            row += sep(p) + (lab[r] if r < len(lab) else " ").ljust(cw)
+        lines.append(row.rstrip())
+    for p, i in enumerate(order):
+        if p in ends:
+            lines.append(" " * (lw + 1) + "".join(("┼" if q in ends else "") + "─" * cw for q in range(n)))
+        row = langs[i].rjust(lw) + " "
+        for q, j in enumerate(order):
+            if i == j:
+                cell = "╲" * cw
+            else:
+                t = (S[i, j] - lo) / (hi - lo) if hi > lo else 0.0
+                cell = SHADES[min(int(t * len(SHADES)), len(SHADES) - 1)] * cw
+            row += sep(q) + cell
+        lines.append(row)
+    return "\n".join(lines)
+
+def report(g, profile=None):
+    """Human-readable report of a make_groups() result: heatmap, groups with their mean similarity,
+    nearest neighbours, per-layer deviations with bars and the chosen MoE layers, repeat stability.
+    `profile` (optional) adds the profiling settings and the fine-tuning losses."""
+    langs, groups = g["langs"], g["groups"]
+    S = np.asarray(g["similarity"], dtype=np.float64)
+    n = len(langs)
+    idx = {l: i for i, l in enumerate(langs)}
+    out = []
+    if profile and profile.get("config"):
+        out.append("profile: " + ", ".join(f"{k}={v}" for k, v in profile["config"].items()))
+    out.append(heatmap(S, langs, groups))
+    off = S[~np.eye(n, dtype=bool)]
+    if off.size:
+        out.append(f"off-diagonal similarity: mean {off.mean():.4f}, min {off.min():.4f}, max {off.max():.4f}")
+    extra = f", linkage {g['linkage']}" if "linkage" in g else ""
+    out.append(f"\n{len(groups)} groups ({g['method']}{extra}):")
+    gsim = g.get("group_similarity") or within_similarity(S, langs, groups)
+    for gi, (grp, s) in enumerate(zip(groups, gsim)):
+        sim = "-" if s is None else f"{s:.4f}"
+        out.append(f"  group {gi:2d} ({len(grp)}): {' '.join(grp):<40s} mean sim {sim}")
+    if g.get("repeat_rand"):
+        rr = g["repeat_rand"]
+        out.append(f"stability: grouping redone on each repeat's similarity agrees with the final one on "
+                   f"{', '.join(f'{r:.2f}' for r in rr)} of language pairs (Rand index)")
+    out.append("\nnearest neighbour (* = same group):")
+    l2g = g.get("lang_to_group") or {l: gi for gi, grp in enumerate(groups) for l in grp}
+    items = []
+    for l in langs:
+        i = idx[l]
+        row = S[i].copy()
+        row[i] = -np.inf
+        j = int(np.argmax(row)) if n > 1 else i
+        mark = "*" if l2g[l] == l2g[langs[j]] else " "
+        items.append(f"{l:>4s} → {langs[j]:<4s}{row[j]:7.4f}{mark}")
+    for r in range(0, len(items), 4):
+        out.append("  " + "   ".join(items[r:r + 4]))
+    D = np.asarray(g["layer_dev"], dtype=np.float64)
+    Dn = normalized(D)
+    A = g.get("attn_layer_dev")
+    moe = set(g["moe_layers"])
+    out.append(f"\nper-layer mean deviation (eps = {g['eps']}; MoE layers {sorted(moe)}):")
+    out.append(f"  {'layer':>5s} {'ffn':>10s} {'':24s} {'D^':>5s} {'attn':>10s}")
+    for l in range(len(D)):
+        attn = f"{A[l]:10.3e} {_bar(A[l], max(A))}" if A else ""
+        out.append(f"  {l:5d} {D[l]:10.3e} {_bar(D[l], D.max()):<24s} {Dn[l]:5.2f} {attn}"
+                   f"{'  <- MoE' if l in moe else ''}".rstrip())
+    if profile and profile.get("loss"):
+        out.append("\nprofiling fine-tune loss (first step -> last step):")
+        items = [f"{l:>4s} {a:6.3f}->{b:6.3f}" for l, (a, b) in profile["loss"].items()]
+        for r in range(0, len(items), 4):
+            out.append("  " + "   ".join(items[r:r + 4]))
+    return "\n".join(out)
+
+# -----------------------------------------------------------------------------
+# CLI
+
+def save_json(obj, path):
+    """Write JSON atomically: tmp file + os.replace."""
+    d = os.path.dirname(path)
+    if d:
+        os.makedirs(d, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Group languages and select MoE layers from a profile.json")
+    p.add_argument("profile", help="profile.json written by profile.py")
+    p.add_argument("--groups", type=int, default=6, help="number of groups k (= experts)")
+    p.add_argument("--method", default="agglomerative", choices=METHODS)
+    p.add_argument("--linkage", default="complete", choices=("complete", "average", "single"),
+                   help="agglomerative linkage")
+    p.add_argument("--eps", type=float, default=0.6, help="layer threshold on normalised deviation")
+    p.add_argument("--seed", type=int, default=0, help="seed for --method random")
+    p.add_argument("--out", default="groups.json")
+    args = p.parse_args(argv)
+    with open(args.profile) as f:
+        profile = json.load(f)
+    g = make_groups(profile, args.groups, args.method, args.eps, args.seed, args.linkage)
+    print(report(g, profile))
+    save_json(g, args.out)
+    print(f"\nwrote {args.out}")
+    return g
+
+if __name__ == "__main__":
+    main()

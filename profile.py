@@ -1,0 +1,286 @@
+"""
+Parameter-deviation profiling of languages (PAPER.md step 1).
+
+For each language x: copy the dense model, fine-tune ALL its parameters on x alone for a few AdamW
+steps, and measure how far the weights moved, Δθ^x = θ^x - θ:
+  ffn_dev[x][l]  = ||ΔW_FFN,l||_2   the layer's two FFN weight matrices, flattened together (no biases)
+  attn_dev[x][l] = ||ΔW_attn,l||_2  the layer's attention weights (qkv + output projection, no biases)
+  v^x            = the FFN weight deltas of the last `last_layers` layers, flattened: the language's
+                   deviation vector; similarity(x, y) = cos(v^x, v^y)  (group.cosine_similarity)
+group.py turns this into MoE layers (from ffn_dev) and language groups (from the similarity).
+
+Usage:
+  python profile.py --ckpt out/base.pt --data_cache data_cache/18 --out profile.json --repeats 3
+"""
+
+# -----------------------------------------------------------------------------
+# This file is named profile.py and so shadows the standard library's `profile` module whenever the
+# repository root is on sys.path (`python train.py`, pytest from the root). The stdlib `cProfile` does
+# `import profile as _pyprofile` and calls `_pyprofile._Utils(...)`, `_pyprofile.run.__doc__`, ... and
+# torch imports cProfile (via torch._dynamo) the first time an optimizer is built. So load the real
+# stdlib module from the stdlib directory under a private name and re-export what it offers; this
+# module then works as both. Nothing below may redefine run / runctx / Profile / _Utils / main.
+import importlib.util as _importlib_util
+import os
+import sys
+import sysconfig as _sysconfig
+
+def _load_stdlib_profile():
+    path = os.path.join(_sysconfig.get_paths()["stdlib"], "profile.py")
+    spec = _importlib_util.spec_from_file_location("_stdlib_profile", path)
+    mod = _importlib_util.module_from_spec(spec)
+    sys.modules["_stdlib_profile"] = mod  # so that its classes pickle / introspect normally
+    spec.loader.exec_module(mod)
+    return mod
+
+_stdlib_profile = sys.modules.get("_stdlib_profile") or _load_stdlib_profile()
+for _name in list(getattr(_stdlib_profile, "__all__", [])) + ["_Utils", "main"]:
+    if hasattr(_stdlib_profile, _name):
+        globals()[_name] = getattr(_stdlib_profile, _name)
+# -----------------------------------------------------------------------------
+
+import argparse
+import copy
+import json
+import math
+import time
+
+import numpy as np
+import torch
+
+import group
+
+# -----------------------------------------------------------------------------
+# which weights count
+
+def default_last_layers(n_layer):
+    """How many final layers form the deviation vector. The paper used the last 3 of 24 layers, i.e.
+    the last eighth of the depth, where the model is most language-specific (next to the output). We
+    keep that fraction, rounded up and at least one: 24 -> 3, 12 -> 2, 4..8 -> 1. In a small model one
+    layer is already a large share of the depth and its FFN (2 * d * 4d weights, 524k at d=256) gives
+    plenty of dimensions for a cosine; adding middle layers would mix in language-shared computation."""
+    return max(1, math.ceil(n_layer * 3 / 24))
+
+def layer_weights(model):
+    """Names of the weights whose deviation we measure, per transformer block (in depth order):
+    [(ffn_names, attn_names), ...]. A block is any module with an `attn` and an `ffn` (or nanoGPT's
+    `mlp`); we take their parameters with ndim >= 2, i.e. weight matrices, no biases, and no MoE
+    router (on a dense model: c_fc.weight + c_proj.weight, and c_attn.weight + c_proj.weight)."""
+    layers = []
+    for bname, block in model.named_modules():
+        fname = "ffn" if isinstance(getattr(block, "ffn", None), torch.nn.Module) else "mlp"
+        ffn, attn = getattr(block, fname, None), getattr(block, "attn", None)
+        if not (isinstance(ffn, torch.nn.Module) and isinstance(attn, torch.nn.Module)):
+            continue
+        pre = bname + "." if bname else ""
+        ffn_names = [f"{pre}{fname}.{n}" for n, p in ffn.named_parameters() if p.ndim >= 2 and "router" not in n]
+        attn_names = [f"{pre}attn.{n}" for n, p in attn.named_parameters() if p.ndim >= 2]
+        layers.append((ffn_names, attn_names))
+    assert layers, "no transformer blocks (modules with .attn and .ffn) found in the model"
+    return layers
+
+# -----------------------------------------------------------------------------
+# one fine-tuning run
+
+def finetune_deltas(model, data, lang, names, steps, lr, batch_size, block_size, seed, device):
+    """Fine-tune a copy of `model` on `lang` alone: AdamW over all trainable parameters, no weight
+    decay, lr decayed linearly from `lr` to 0 over `steps` with no warmup (step t uses lr*(1-t/steps)),
+    no gradient clipping. Batches come from a generator seeded with `seed` only, so every language sees
+    the same sequence of random draws. Returns ({name: Δweight (fp32)}, [first loss, last loss])."""
+    m = copy.deepcopy(model).to(device)
+    m.train()
+    before = {n: p.detach().float().clone() for n, p in m.named_parameters() if n in names}
+    params = [p for p in m.parameters() if p.requires_grad]
+    losses = [float("nan"), float("nan")]
+    if steps > 0 and params:
+        opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
+        gen = torch.Generator().manual_seed(seed)
+        fork = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
+        with torch.random.fork_rng(devices=fork):  # dropout reproducible, caller's RNG untouched
+            torch.manual_seed(seed)
+            for step in range(steps):
+                for pg in opt.param_groups:
+                    pg["lr"] = lr * (1 - step / steps)
+                x, y = data.get_batch("train", lang, batch_size, block_size, gen, device)  # (B, T) each
+                out = m(x, y)
+                loss = out[1] if isinstance(out, tuple) else out
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                losses[0 if step == 0 else 1] = loss.item()
+            if steps == 1:
+                losses[1] = losses[0]
+    deltas = {n: p.detach().float() - before[n] for n, p in m.named_parameters() if n in names}
+    return deltas, losses
+
+def _norm(deltas, names):
+    return math.sqrt(sum(float(deltas[n].pow(2).sum()) for n in names))
+
+# -----------------------------------------------------------------------------
+# all languages
+
+def profile_languages(model, data, langs, steps=10, lr=1e-4, batch_size=16, block_size=None,
+                      last_layers=None, seed=0, device="cpu", repeats=3, progress=True, rank=0, world=1):
+    """Profile every language in `langs` (PAPER.md step 1). `data` needs only
+    get_batch(split, lang, batch_size, block_size, generator, device) -> (x, y), e.g. data.Dataset.
+
+    Defaults, scaled down from the paper (10 steps, lr 8e-6, batch 2048 x 512 tokens on BLOOM-560M):
+      steps=10       as the paper.
+      lr=1e-4        8e-6 was tuned for a 560M model and a million-token batch; a small model with a
+                     small, noisy batch is profiled at 1e-4 (the paper's MoE-stage lr, ~1/10 of a small
+                     GPT's pre-training peak) so that it moves measurably yet stays near the dense model.
+      batch_size=16  x block_size (default: the model's) tokens per step.
+      last_layers    None -> default_last_layers(n_layer) (the paper's last eighth, >= 1 layer).
+      repeats=3      independent batch draws (seeds seed, seed+1, ...). PAPER.md's small trial found
+                     the grouping fragile with ~20k tokens per language, so deviations are averaged:
+                     ffn_dev/attn_dev = mean over repeats of the per-run norms (same scale as one run),
+                     vectors = mean over repeats of the deltas (noise averages out); the per-repeat
+                     similarities are returned so group.py can check that the groups are stable.
+    Memory: two (n_langs, vector_dim) float32 arrays on the CPU, plus one model copy at a time.
+    Distributed (torchrun): rank r profiles languages r, r + world, ... and the results are gathered, so
+    every rank returns the same dict (torch.distributed must be initialised when world > 1).
+
+    Returns a JSON-able dict (except "vectors"):
+      langs, n_layer, ffn_dev {lang: [L]}, attn_dev {lang: [L]}, ffn_dev_repeats {lang: [R][L]},
+      vector_layers, similarity [[n x n]] (cosine of the mean vectors), similarity_repeats [R][n][n],
+      repeat_corr (mean correlation of off-diagonal similarities between repeats; None if R == 1),
+      loss {lang: [first step, last step]} (mean over repeats), config {...},
+      vectors (n, dim) float32 np.ndarray — drop it before json.dump."""
+    langs = list(langs)
+    n = len(langs)
+    assert n >= 1 and repeats >= 1 and steps >= 0
+    layers = layer_weights(model)
+    L = len(layers)
+    last_layers = default_last_layers(L) if last_layers is None else int(last_layers)
+    assert 1 <= last_layers <= L, f"last_layers must be in 1..{L}, got {last_layers}"
+    vector_layers = list(range(L - last_layers, L))
+    vec_names = [name for l in vector_layers for name in layers[l][0]]
+    names = {name for ffn, attn in layers for name in ffn + attn}
+    if block_size is None:
+        block_size = model.config.block_size
+    params = dict(model.named_parameters())
+    dim = sum(params[name].numel() for name in vec_names)
+
+    vec_sum = np.zeros((n, dim), dtype=np.float32)
+    vec_rep = np.zeros((n, dim), dtype=np.float32)
+    ffn_dev = {l: [] for l in langs}
+    attn_dev = {l: [] for l in langs}
+    loss = {l: [] for l in langs}
+    sims = []
+    t0 = time.time()
+    try:
+        from tqdm import tqdm
+        bar = tqdm(total=len(langs[rank::world]) * repeats, desc="profile", disable=not progress, leave=False)
+    except ImportError:
+        bar = None
+    for r in range(repeats):
+        mine = {}  # lang -> (ffn norms, attn norms, losses, deviation vector) for this rank's languages
+        for lang in langs[rank::world]:
+            deltas, losses = finetune_deltas(model, data, lang, names, steps, lr, batch_size, block_size,
+                                             seed + r, device)
+            mine[lang] = ([_norm(deltas, f) for f, _ in layers], [_norm(deltas, a) for _, a in layers],
+                          losses, torch.cat([deltas[name].flatten() for name in vec_names]).cpu().numpy())
+            del deltas
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(repeat=r, lang=lang, loss=f"{losses[0]:.3f}->{losses[1]:.3f}")
+        if world > 1:
+            parts = [None] * world
+            torch.distributed.all_gather_object(parts, mine)
+            mine = {lang: res for part in parts for lang, res in part.items()}
+        for i, lang in enumerate(langs):
+            f, a, losses, vec = mine[lang]
+            ffn_dev[lang].append(f)
+            attn_dev[lang].append(a)
+            loss[lang].append(losses)
+            vec_rep[i] = vec
+        vec_sum += vec_rep
+        sims.append(group.cosine_similarity(vec_rep))
+    if bar is not None:
+        bar.close()
+    vectors = vec_sum / repeats
+    S = group.cosine_similarity(vectors)
+
+    off = ~np.eye(n, dtype=bool)
+    corr = None
+    if repeats > 1 and n > 2:
+        cs = [np.corrcoef(sims[a][off], sims[b][off])[0, 1]
+              for a in range(repeats) for b in range(a + 1, repeats)]
+        cs = [c for c in cs if np.isfinite(c)]
+        corr = float(np.mean(cs)) if cs else None
+    return {
+        "langs": langs,
+        "n_layer": L,
+        "ffn_dev": {l: np.mean(ffn_dev[l], axis=0).tolist() for l in langs},
+        "attn_dev": {l: np.mean(attn_dev[l], axis=0).tolist() for l in langs},
+        "ffn_dev_repeats": ffn_dev,
+        "vector_layers": vector_layers,
+        "similarity": S.tolist(),
+        "similarity_repeats": [s.tolist() for s in sims],
+        "repeat_corr": corr,
+        "loss": {l: np.mean(loss[l], axis=0).tolist() if steps > 0 else [None, None] for l in langs},
+        "config": {"steps": steps, "lr": lr, "batch_size": batch_size, "block_size": block_size,
+                   "last_layers": last_layers, "repeats": repeats, "seed": seed,
+                   "tokens_per_lang": steps * batch_size * block_size * repeats,
+                   "seconds": round(time.time() - t0, 1)},
+        "vectors": vectors,
+    }
+
+# -----------------------------------------------------------------------------
+# CLI (named cli, not main: `main` is the stdlib profile's, re-exported above)
+
+def summary(prof):
+    """Short text summary: similarity heatmap (language order as given) and per-layer mean deviations."""
+    langs = prof["langs"]
+    lines = [group.heatmap(prof["similarity"], langs)]
+    if prof.get("repeat_corr") is not None:
+        lines.append(f"repeat stability: mean correlation of off-diagonal similarities between repeats "
+                     f"{prof['repeat_corr']:.3f}")
+    D = np.mean([prof["ffn_dev"][l] for l in langs], axis=0)
+    A = np.mean([prof["attn_dev"][l] for l in langs], axis=0)
+    lines.append(f"per-layer mean deviation (vector layers {prof['vector_layers']}):")
+    for l in range(len(D)):
+        lines.append(f"  layer {l:3d}  ffn {D[l]:.3e} {group._bar(D[l], D.max()):<24s} attn {A[l]:.3e}")
+    return "\n".join(lines)
+
+def cli(argv=None):
+    p = argparse.ArgumentParser(description="Per-language parameter deviation profile of a dense checkpoint")
+    p.add_argument("--ckpt", required=True, help="dense checkpoint (e.g. out/base.pt)")
+    p.add_argument("--data_cache", required=True, help="directory written by data.prepare")
+    p.add_argument("--out", default="profile.json")
+    p.add_argument("--langs", default="", help="comma-separated subset (default: the checkpoint's languages)")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--block_size", type=int, default=0, help="0 = the model's block size")
+    p.add_argument("--last_layers", type=int, default=0, help="0 = the paper's last eighth (>= 1 layer)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument("--vectors", default="", help="also save the deviation vectors to this .npy file")
+    args = p.parse_args(argv)
+
+    from data import Dataset  # imported here: the core function needs neither module
+    from model import load_checkpoint, model_from_checkpoint
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    ckpt = load_checkpoint(args.ckpt, device=device)
+    model = model_from_checkpoint(ckpt, device)
+    data = Dataset.load(args.data_cache)
+    langs = [l for l in args.langs.split(",") if l] or ckpt.get("langs") or data.langs
+    prof = profile_languages(model, data, langs, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                             block_size=args.block_size or None, last_layers=args.last_layers or None,
+                             seed=args.seed, device=device, repeats=args.repeats)
+    vectors = prof.pop("vectors")
+    print(summary(prof))
+    group.save_json(prof, args.out)
+    print(f"wrote {args.out}")
+    if args.vectors:
+        np.save(args.vectors, vectors)
+        print(f"wrote {args.vectors} {vectors.shape}")
+    return prof
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,82 @@
+"""New-language adaptation (PAPER.md step 6): a new expert, only MoE weights move, old languages intact."""
+import json
+
+import pytest
+import torch
+
+import data as D
+import eval as E
+import train
+from model import load_checkpoint, model_from_checkpoint
+
+OLD = "de,nl,ru,uk"
+BASE = ["--preset", "tiny", "--vocab_size", "512", "--n_groups", "2", "--variants", "cpt,dmoe",
+        "--base_steps", "20", "--stage1_steps", "4", "--stage2_steps", "8"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    train.main(BASE + ["--langs", OLD, "--out", str(out), "--data_cache", str(out / "cache")])
+    return out
+
+
+def adapt(run, *extra):
+    return train.main(["--preset", "tiny", "--adapt", "ja", "--from", str(run / "dmoe.pt"),
+                       "--adapt_steps", "6", "--out", str(run / "adapt"),
+                       "--data_cache", str(run / "cache-ja"), *extra])
+
+
+def test_adaptation_trains_only_moe_and_leaves_old_languages_alone(run):
+    rep = adapt(run)
+    assert json.load(open(run / "adapt" / "adapt.json"))["new_langs"] == ["ja"]
+    src = load_checkpoint(str(run / "dmoe.pt"))
+    new = load_checkpoint(str(run / "adapt" / "adapt_similar.pt"))
+    E_old = src["model_args"]["n_experts"]
+    assert new["model_args"]["n_experts"] == E_old + 1
+    assert new["lang_to_expert"]["ja"] == E_old
+    moe = tuple(f"transformer.h.{l}.ffn." for l in src["model_args"]["moe_layers"])
+    for k, v in src["model"].items():
+        w = new["model"][k]
+        if k.startswith(moe):
+            # old experts and router rows: Adam moves nothing that gets no gradient and nothing decays
+            if k.endswith(("w_fc", "w_proj", "b_fc", "b_proj")):
+                assert torch.equal(w[:E_old], v), k
+        else:
+            assert torch.equal(w, v), k       # attention, embeddings, norms, dense FFNs frozen
+    # the new expert was trained (it moved away from the copy)
+    e = rep["copied_from"]
+    k = f"transformer.h.{src['model_args']['moe_layers'][0]}.ffn.w_fc"
+    assert not torch.equal(new["model"][k][E_old], src["model"][k][e])
+    # old languages routed to their own group's expert: the very same numbers before and after
+    m = rep["methods"]
+    assert m["similar"]["old_group"] == m["before"]["old_group"]
+    assert m["dissimilar"]["old_group"] == m["before"]["old_group"]
+    # and the new language gained (it was never trained on before)
+    avg = lambda r: sum(v["loss"] for v in r.values()) / len(r)
+    assert avg(m["similar"]["new"]) < avg(m["before"]["new"])
+    assert "cpt_finetune" in m and avg(m["cpt_finetune"]["new"]) < avg(m["cpt_before"]["new"])
+
+
+def test_adaptation_old_logits_under_group_routing_are_unchanged(run):
+    adapt(run)   # done already: every stage is skipped, same outputs
+    before = model_from_checkpoint(load_checkpoint(str(run / "dmoe.pt")))
+    after = model_from_checkpoint(load_checkpoint(str(run / "adapt" / "adapt_similar.pt")))
+    ds = D.Dataset.load(str(run / "cache"))
+    l2e = load_checkpoint(str(run / "dmoe.pt"))["lang_to_expert"]
+    for lang in OLD.split(","):
+        x, y = ds.eval_windows(lang, "val", 64, 2)
+        g = torch.full((x.size(0),), l2e[lang])
+        with torch.no_grad():
+            a, _, _ = before(x, groups=g, routing="group")
+            b, _, _ = after(x, groups=g, routing="group")
+        assert torch.equal(a, b), lang
+
+
+def test_adaptation_rejects_bad_languages(run):
+    with pytest.raises(SystemExit, match="de already trained"):
+        train.main(["--preset", "tiny", "--adapt", "de", "--from", str(run / "dmoe.pt")])
+    with pytest.raises(SystemExit, match="xx"):
+        train.main(["--preset", "tiny", "--adapt", "xx", "--from", str(run / "dmoe.pt")])
+    with pytest.raises(SystemExit, match="dense checkpoint"):
+        train.main(["--preset", "tiny", "--adapt", "ja", "--from", str(run / "cpt.pt")])

@@ -1,0 +1,295 @@
+"""eval.py: metrics, forced routing, routing analysis, pictures and the CLI on tiny models and a fake corpus."""
+import math
+import os
+import sys
+from dataclasses import asdict
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import eval as E
+import model as M
+import upcycle as U
+
+LANGS = ["aa", "bb", "cc"]
+V = 64   # vocabulary of the fake corpus / tiny models
+T = 16   # block size
+
+
+class FakeTokenizer:
+    vocab_size = V
+    eot = 0
+
+    def token_bytes(self):
+        return [0] + [1 + i % 3 for i in range(1, V)]   # EOT has 0 bytes, the rest 1..3
+
+
+class FakeData:
+    """The part of data.Dataset that eval.py uses: langs, tokenizer, tokens(), eval_windows()."""
+
+    def __init__(self, n_tokens=200, seed=0):
+        self.langs = list(LANGS)
+        self.tokenizer = FakeTokenizer()
+        rng = np.random.default_rng(seed)
+        self._tok = {}
+        for i, lang in enumerate(self.langs):   # each language lives mostly in its own slice of the vocabulary
+            for split in ("train", "val", "parallel"):
+                t = rng.integers(1 + 20 * i, 21 + 20 * i, size=n_tokens)
+                t[::25] = 0                        # some document separators
+                self._tok[lang, split] = t.astype(np.uint32)
+
+    def tokens(self, lang, split):
+        return self._tok[lang, split]
+
+    def eval_windows(self, lang, split, block_size, max_windows):
+        t = self._tok[lang, split].astype(np.int64)
+        n = min((len(t) - 1) // block_size, max_windows)
+        x = np.stack([t[i * block_size:(i + 1) * block_size] for i in range(n)])
+        y = np.stack([t[i * block_size + 1:(i + 1) * block_size + 1] for i in range(n)])
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def tiny_dense(seed=0):
+    torch.manual_seed(seed)
+    return M.GPT(M.GPTConfig(vocab_size=V, block_size=T, n_layer=2, n_head=2, n_embd=32))
+
+
+def tiny_moe(seed=0, n_experts=3, perturb=True):
+    """Upcycled 2-layer MoE whose experts are made different (otherwise every routing agrees)."""
+    moe = U.upcycle(tiny_dense(seed), [0, 1], n_experts, top_k=2, seed=seed)
+    if perturb:
+        g = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for name, p in moe.named_parameters():
+                if ".ffn." in name and "router" not in name:
+                    p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return moe
+
+
+@pytest.fixture(scope="module")
+def data():
+    return FakeData()
+
+
+L2E = {"aa": 0, "bb": 2, "cc": 1}
+
+
+def test_forced_routing_equals_group_routing(data):
+    moe = tiny_moe()
+    grouped = E.evaluate(moe, data, LANGS, routing="group", lang_to_expert=L2E, max_windows=4, batch_size=3)
+    for lang in LANGS:
+        forced = E.evaluate(moe, data, [lang], force_expert=L2E[lang], max_windows=4, batch_size=3)[lang]
+        assert forced == grouped[lang]
+        assert E.evaluate(moe, data, [lang], routing=f"expert:{L2E[lang]}", max_windows=4, batch_size=3)[lang] == forced
+    # the forcing is real: different experts give different losses
+    losses = [E.evaluate(moe, data, ["aa"], force_expert=e, max_windows=4)["aa"]["loss"] for e in range(3)]
+    assert len(set(losses)) == 3
+    # a language outside the map falls back to learned routing
+    learned = E.evaluate(moe, data, ["cc"], max_windows=4)["cc"]
+    assert E.evaluate(moe, data, ["cc"], routing="group", lang_to_expert={"aa": 0}, max_windows=4)["cc"] == learned
+    with pytest.raises(ValueError):
+        E.evaluate(moe, data, ["aa"], force_expert=3, max_windows=1)
+    assert moe.training   # evaluate restores the training mode
+
+
+def test_routing_matrix_rows_sum_to_one(data):
+    moe = tiny_moe()
+    rm = E.routing_matrix(moe, data, LANGS, lang_to_expert=L2E, max_windows=4, batch_size=2)
+    assert rm["layers"] == [0, 1]
+    assert rm["matrix"].shape == (2, 3, 3)
+    np.testing.assert_allclose(rm["matrix"].sum(-1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(rm["load"].sum(-1), 1.0, atol=1e-6)
+    assert rm["load_cv"].shape == (2,) and (rm["load_cv"] >= 0).all()
+    for li, lang in enumerate(LANGS):
+        np.testing.assert_allclose(rm["own_group_share"][:, li], rm["matrix"][:, li, L2E[lang]])
+    for k in ("top1", "prob"):
+        np.testing.assert_allclose(rm[k].sum(-1), 1.0, atol=1e-6)
+    text = E.routing_report(rm, L2E)
+    assert "layer 0" in text and "load" in text and "own" in text and "token-slots" in text
+    # top_k = E: every token uses every expert, so the report shows first choices instead
+    two = E.routing_matrix(tiny_moe(n_experts=2), data, LANGS, max_windows=2)
+    np.testing.assert_allclose(two["matrix"], 0.5)
+    assert two["own_group_share"] is None and "first-choice" in E.routing_report(two)
+    with pytest.raises(ValueError):
+        E.routing_matrix(tiny_dense(), data, LANGS)
+
+
+class UniformModel(nn.Module):
+    """Logits all zero: every target costs ln V nats."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = SimpleNamespace(block_size=T, moe_layers=[], n_experts=0)
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, idx, targets=None, groups=None, routing="learned"):
+        assert groups is None   # dense models get no routing arguments
+        return torch.zeros(*idx.shape, V) + 0 * self.dummy, None, {}
+
+
+def test_bits_per_byte_by_hand(data):
+    res = E.evaluate(UniformModel(), data, ["bb"], max_windows=5, routing="group", lang_to_expert=L2E,
+                     batch_size=2)["bb"]
+    tb = FakeTokenizer().token_bytes()
+    _, y = data.eval_windows("bb", "val", T, 5)
+    n_tok = y.numel()
+    n_bytes = sum(tb[int(t)] for t in y.flatten())
+    assert n_tok == 5 * T and res["tokens"] == n_tok and res["bytes"] == n_bytes
+    assert any(int(t) == 0 for t in y.flatten())   # EOT present, counted with 0 bytes
+    assert res["loss"] == pytest.approx(math.log(V), rel=1e-6)
+    assert res["ppl"] == pytest.approx(V, rel=1e-5)
+    assert res["bpb"] == pytest.approx(n_tok * math.log(V) / math.log(2) / n_bytes, rel=1e-6)
+    s = E.summarize({"x": res, "y": dict(res, ppl=2 * res["ppl"])})
+    assert s["ppl"] == pytest.approx(1.5 * V, rel=1e-5) and s["n_langs"] == 2
+
+
+def _save(path, model, l2e, stage):
+    M.save_checkpoint(str(path), {
+        "model": model.state_dict(), "model_args": asdict(model.config), "config": {"data_cache": "unused"},
+        "vocab": {}, "langs": LANGS, "groups": None if l2e is None else [["aa"], ["cc"], ["bb"]],
+        "lang_to_expert": l2e, "stage": stage, "step": 0})
+
+
+def test_dense_checkpoint_and_upcycled_moe_agree(data, tmp_path, monkeypatch, capsys):
+    dense = tiny_dense()
+    moe = U.upcycle(dense, [0, 1], 3, top_k=2, seed=0)
+    d = E.evaluate(dense, data, LANGS, max_windows=3)
+    for kw in ({}, {"routing": "group", "lang_to_expert": L2E}, {"force_expert": 2}):
+        m = E.evaluate(moe, data, LANGS, max_windows=3, **kw)
+        for lang in LANGS:
+            assert m[lang]["loss"] == pytest.approx(d[lang]["loss"], abs=1e-5)
+            assert m[lang]["bpb"] == pytest.approx(d[lang]["bpb"], abs=1e-5)
+    # the same through checkpoints and the command line (run dir: cpt/ckpt.pt and moe.pt)
+    os.makedirs(tmp_path / "cpt")
+    _save(tmp_path / "cpt" / "ckpt.pt", dense, None, "cpt")
+    _save(tmp_path / "moe.pt", moe, L2E, "dmoe")
+    monkeypatch.setattr(E, "load_dataset", lambda path: data)
+    res = E.main([str(tmp_path), "--routing", "group", "--max_windows", "3", "--device", "cpu",
+                  "--routing_analysis", "--affinity"])
+    assert set(res) == {"cpt", "moe"}
+    for lang in LANGS:
+        assert res["moe"][lang]["loss"] == pytest.approx(res["cpt"][lang]["loss"], abs=1e-5)
+        assert res["cpt"][lang]["loss"] == pytest.approx(d[lang]["loss"], abs=1e-6)
+    out = capsys.readouterr().out
+    assert "avg" in out and "Δppl" in out and "+0.0%" in out and "routing of moe" in out and "forced" in out
+
+
+def test_expert_affinity(data):
+    moe = tiny_moe()
+    aff = E.expert_affinity(moe, data, LANGS, max_windows=2)
+    assert aff.shape == (3, 3) and np.isfinite(aff).all()
+    best = E.most_similar_expert(langs=LANGS, affinity=aff)
+    assert best == {l: int(np.argmin(aff[i])) for i, l in enumerate(LANGS)}
+    assert "best" in E.affinity_report(aff, LANGS, L2E)
+
+
+def test_compare_table_fits_terminal():
+    langs = [f"l{i}" for i in range(18)]
+    variants = ["base", "cpt", "dmoe", "random", "all_layers"]
+    res = {v: {l: {"loss": 3.0 + 0.1 * j, "ppl": math.exp(3.0 + 0.1 * j), "bpb": 1.2 + 0.01 * j}
+               for l in langs} for j, v in enumerate(variants)}
+    table = E.compare_table(res, baseline="cpt", params={v: 10_000_000 + j for j, v in enumerate(variants)})
+    assert max(len(line) for line in table.splitlines()) <= 140
+    assert "10.00M" in table and "-9.5%" in table   # dmoe vs cpt: exp(-0.1) - 1
+    assert "no baseline" in E.compare_table(res, baseline="nope")
+
+
+# -- pictures ------------------------------------------------------------------------------------------
+
+def _picture_inputs(tmp_path):
+    rng = np.random.default_rng(0)
+    prof = {"langs": LANGS, "ffn_dev": {l: list(rng.random(4)) for l in LANGS},
+            "attn_dev": {l: list(rng.random(4)) for l in LANGS},
+            "similarity": [[1.0, 0.2, 0.1], [0.2, 1.0, 0.3], [0.1, 0.3, 1.0]]}
+    groups = {"groups": [["aa", "cc"], ["bb"]], "moe_layers": [0, 3]}
+    run = tmp_path / "run"
+    os.makedirs(run / "logs")
+    (run / "logs" / "cpt.jsonl").write_text("\n".join(
+        [f'{{"step": {s}, "tokens": {100 * s}, "loss": {4 - 0.1 * s}}}' for s in range(1, 11)]
+        + ['{"step": 10, "tokens": 1000, "loss": 3.0, "val_loss": 3.1}', "garbage {", "[1, 2]"]))
+    (run / "logs" / "dmoe_stage1.jsonl").write_text(
+        "\n".join(f'{{"step": {s}, "tokens": {100 * s}, "loss": {4 - 0.1 * s}}}' for s in range(1, 4)))
+    (run / "logs" / "dmoe.jsonl").write_text(
+        "\n".join(f'{{"step": {s}, "tokens": {100 * s}, "loss": {3.7 - 0.1 * s}}}' for s in range(1, 8)))
+    os.makedirs(run / "old")
+    (run / "old" / "log.txt").write_text("step 00001/00010 | loss 3.50 | dt 5ms\nstep 2 | loss 3.4 | val_loss 3.6\n")
+    return prof, groups, run
+
+
+def test_read_logs_is_tolerant(tmp_path):
+    _, _, run = _picture_inputs(tmp_path)
+    logs = E.read_logs(str(run))
+    assert set(logs) == {"cpt", "dmoe_stage1", "dmoe", "old"}
+    assert len(logs["cpt"]) == 11 and logs["cpt"][-1]["val_loss"] == 3.1
+    assert logs["old"][1] == {"step": 2.0, "loss": 3.4, "val_loss": 3.6}
+    merged = E.merge_stages(logs)
+    assert set(merged) == {"cpt", "dmoe", "old"}
+    toks = [r["tokens"] for r in merged["dmoe"]]
+    assert len(toks) == 10 and toks == sorted(toks) and toks[-1] == 1000
+
+
+def test_pictures_written(data, tmp_path):
+    pytest.importorskip("matplotlib")
+    prof, groups, run = _picture_inputs(tmp_path)
+    rm = E.routing_matrix(tiny_moe(), data, LANGS, lang_to_expert=L2E, max_windows=2)
+    paths = [E.plot_deviation(prof, str(tmp_path / "dev.png")),
+             E.plot_similarity(prof, groups, str(tmp_path / "sim.png")),
+             E.plot_curves(str(run), str(tmp_path / "curves.png")),
+             E.plot_routing(rm, str(tmp_path / "routing.png"), L2E)]
+    for p in paths:
+        assert p is not None and os.path.getsize(p) > 1000
+        with open(p, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pictures_text_fallback(data, tmp_path, monkeypatch, capsys):
+    for name in ("matplotlib", "matplotlib.pyplot"):
+        monkeypatch.setitem(sys.modules, name, None)   # `import matplotlib` now raises ImportError
+    prof, groups, run = _picture_inputs(tmp_path)
+    rm = E.routing_matrix(tiny_moe(), data, LANGS, lang_to_expert=L2E, max_windows=2)
+    assert E.plot_deviation(prof, str(tmp_path / "dev.png")) is None
+    assert E.plot_similarity(prof, groups, str(tmp_path / "sim.png")) is None
+    assert E.plot_curves(str(run), str(tmp_path / "curves.png")) is None
+    assert E.plot_routing(rm, str(tmp_path / "routing.png"), L2E) is None
+    out = capsys.readouterr().out
+    assert not list(tmp_path.glob("*.png"))
+    assert "ffn" in out and "attn" in out                       # deviation sparklines / bars
+    assert "similarity" in out and "┼" in out    # similarity heatmap, ordered by group, with group lines
+    assert "aa" in out and "cc" in out
+    assert "cpt" in out and "dmoe" in out and "dmoe_stage1" not in out   # stages merged
+    assert "routing, layer 0" in out and "█" in out
+    # the order by group: aa, cc, bb
+    sim = out[out.index("language similarity"):]
+    assert sim.index("\naa") < sim.index("\ncc") < sim.index("\nbb")
+
+
+# -- a real (tiny) corpus through data.py and the command line ------------------------------------------
+
+def test_real_corpus_cli(tmp_path, capsys):
+    import data as D
+    cache = str(tmp_path / "cache")
+    ds = D.prepare(["de", "ru"], cache, vocab_size=512)
+    capsys.readouterr()
+    torch.manual_seed(0)
+    dense = M.GPT(M.GPTConfig(vocab_size=ds.tokenizer.vocab_size, block_size=T, n_layer=1, n_head=2, n_embd=16))
+    moe = U.upcycle(dense, [0], 2, top_k=2)
+    for name, m, l2e in (("cpt", dense, None), ("dmoe", moe, {"de": 0, "ru": 1})):
+        M.save_checkpoint(str(tmp_path / "run" / f"{name}.pt"), {
+            "model": m.state_dict(), "model_args": asdict(m.config), "config": {"data_cache": cache},
+            "vocab": ds.tokenizer.state_dict(), "langs": ["de", "ru"], "groups": None,
+            "lang_to_expert": l2e, "stage": name})
+    res = E.main([str(tmp_path / "run"), "--split", "parallel", "--max_windows", "4", "--routing", "group",
+                  "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "cpt" in out and "dmoe" in out and "Δppl" in out
+    tb = ds.tokenizer.token_bytes()
+    for lang in ("de", "ru"):
+        _, y = ds.eval_windows(lang, "parallel", T, 4)
+        r = res["cpt"][lang]
+        assert r["tokens"] == y.numel() == 4 * T
+        assert r["bytes"] == sum(tb[int(t)] for t in y.flatten())
+        assert r["bpb"] * math.log(2) * r["bytes"] == pytest.approx(r["loss"] * r["tokens"], rel=1e-9)
+        assert res["dmoe"][lang]["loss"] == pytest.approx(r["loss"], abs=1e-5)   # upcycled = dense

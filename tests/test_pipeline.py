@@ -1,0 +1,98 @@
+"""The whole pipeline at toy size: every stage runs, writes its files, and resumes after a kill."""
+import json
+import os
+
+import pytest
+import torch
+
+import train
+from model import load_checkpoint
+
+SMALL = ["--preset", "tiny", "--langs", "de,nl,ru,uk,ja,zh", "--n_groups", "3", "--vocab_size", "512"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("data_cache") / "small")
+
+
+def run(out, cache, *extra):
+    return train.main(SMALL + ["--out", str(out), "--data_cache", cache, *extra])
+
+
+def test_tiny_pipeline_writes_every_variant_and_language(tmp_path, cache):
+    res = run(tmp_path, cache)
+    on_disk = json.load(open(tmp_path / "results.json"))
+    assert on_disk["langs"] == res["langs"] == ["de", "nl", "ru", "uk", "ja", "zh"]
+    assert set(on_disk["variants"]) == {"base", "cpt", "dmoe", "random", "all_layers"}
+    for variant, per_lang in on_disk["variants"].items():
+        assert set(per_lang) == set(on_disk["langs"]), variant
+        for r in per_lang.values():
+            assert r["loss"] > 0 and r["bpb"] > 0 and abs(r["ppl"] - torch.tensor(r["loss"]).exp().item()) < 1e-3 * r["ppl"]
+    # balanced groups cover every language once; MoE variants have more parameters than dense ones
+    flat = sorted(l for g in on_disk["groups"] for l in g)
+    assert flat == sorted(on_disk["langs"]) and [len(g) for g in on_disk["groups"]] == [2, 2, 2]
+    p = on_disk["params"]
+    assert p["cpt"] == p["base"] < p["dmoe"] == p["random"] <= p["all_layers"]
+    # training improved on the untrained-from-base continuation: base beats a random init by far
+    assert all(r["loss"] < 6.0 for r in on_disk["variants"]["base"].values())
+    for f in ["profile.json", "groups.json", "base.pt", "cpt.pt", "dmoe_stage1.pt", "dmoe.pt"]:
+        assert (tmp_path / f).exists(), f
+
+    # a second run finds every stage done and redoes none of them
+    stamps = {f: os.path.getmtime(tmp_path / f) for f in os.listdir(tmp_path) if f.endswith(".pt")}
+    again = run(tmp_path, cache)
+    assert {f: os.path.getmtime(tmp_path / f) for f in stamps} == stamps
+    assert again["variants"] == res["variants"]
+
+
+def test_killed_stage_resumes_to_the_same_weights(tmp_path, cache, monkeypatch):
+    args = ["--variants", "cpt", "--base_steps", "20", "--ckpt_interval", "5", "--eval_interval", "100"]
+    straight = tmp_path / "straight"
+    run(straight, cache, *args)
+
+    killed = tmp_path / "killed"
+    real_lr_at = train.lr_at
+
+    def dying_lr_at(step, steps, peak, cfg):
+        if step == 12:   # in the middle of the base stage, after the checkpoint of step 10
+            raise KeyboardInterrupt
+        return real_lr_at(step, steps, peak, cfg)
+    monkeypatch.setattr(train, "lr_at", dying_lr_at)
+    with pytest.raises(KeyboardInterrupt):
+        run(killed, cache, *args)
+    partial = load_checkpoint(str(killed / "base.pt"))
+    assert partial["step"] == 10 and not partial["done"]
+    monkeypatch.setattr(train, "lr_at", real_lr_at)
+    run(killed, cache, *args)
+    for name in ["base.pt", "cpt.pt"]:
+        a = load_checkpoint(str(straight / name))["model"]
+        b = load_checkpoint(str(killed / name))["model"]
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+
+
+def test_bad_settings_are_one_line_errors(tmp_path, cache):
+    with pytest.raises(SystemExit, match="unknown setting --nope"):
+        train.main(["--nope", "1"])
+    with pytest.raises(SystemExit, match="--base_steps expects int, got 'ten'"):
+        train.main(["--base_steps", "ten"])
+    with pytest.raises(SystemExit, match="xx"):
+        train.main(SMALL + ["--langs", "de,xx", "--out", str(tmp_path / "a"), "--data_cache", cache + "x"])
+    # a block longer than a language's held-out text is caught before any training
+    run(tmp_path / "b", cache, "--variants", "cpt", "--base_steps", "2", "--stage1_steps", "1", "--stage2_steps", "1")
+    with pytest.raises(SystemExit, match="block"):
+        run(tmp_path / "c", cache, "--block_size", "100000")
+    # the same run directory with other settings is refused, and nothing is deleted
+    with pytest.raises(SystemExit, match="holds a run with"):
+        run(tmp_path / "b", cache, "--n_embd", "32")
+    assert (tmp_path / "b" / "base.pt").exists()
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, cache):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "base.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises((SystemExit, RuntimeError, ValueError), match="base.pt"):
+        run(out, cache)
+    assert (out / "base.pt").read_bytes() == b"not a checkpoint"

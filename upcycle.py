@@ -1,0 +1,122 @@
+"""
+Sparse upcycling ("Group then Scale", step 4) and expert addition (step 6).
+
+upcycle(dense, layers, n_experts)  a new GPT whose FFN in each chosen layer is an MoE of n_experts exact
+                                   copies of that layer's dense FFN (weights and biases) with a fresh
+                                   router N(0, 0.02); everything else is carried over unchanged. Because
+                                   every expert is the same function and the routing weights of a token
+                                   sum to 1 (group routing: one expert, weight 1; learned: top-k
+                                   renormalised), the upcycled model computes exactly what the dense one did.
+add_expert(model, src)             append a copy of expert `src` (and its router row) in every MoE layer.
+
+CLI:  python upcycle.py DENSE_CKPT --layers 0,3 --experts 6 --out MOE_CKPT
+"""
+
+import argparse
+from dataclasses import asdict, replace
+
+import torch
+import torch.nn as nn
+
+from model import GPT, load_checkpoint, model_from_checkpoint, save_checkpoint
+
+
+@torch.no_grad()
+def upcycle(dense, layers, n_experts, top_k=2, seed=0):
+    """A new GPT with config.moe_layers=layers, each MoE's experts copied from the dense FFN."""
+    cfg = dense.config
+    layers = sorted(set(int(l) for l in layers))
+    if cfg.moe_layers:
+        raise ValueError(f"upcycle expects a dense model, this one has MoE layers {cfg.moe_layers}")
+    if not layers or not all(0 <= l < cfg.n_layer for l in layers):
+        raise ValueError(f"layers must be a non-empty subset of 0..{cfg.n_layer - 1}, got {layers}")
+    if n_experts < 1 or not 1 <= top_k <= n_experts:
+        raise ValueError(f"need n_experts >= 1 and 1 <= top_k <= n_experts, got {n_experts}, {top_k}")
+    E, C = n_experts, cfg.n_embd
+    device = next(dense.parameters()).device
+    dtype = next(dense.parameters()).dtype
+
+    with torch.random.fork_rng(devices=[]):  # building the new model must not disturb the caller's RNG
+        moe = GPT(replace(cfg, moe_layers=layers, n_experts=E, top_k=top_k))
+    state = dense.state_dict()
+    gen = torch.Generator().manual_seed(seed)
+    for l in layers:
+        p = f"transformer.h.{l}.ffn."
+        c_fc_w, c_proj_w = state.pop(p + "c_fc.weight"), state.pop(p + "c_proj.weight")  # (4C, C), (C, 4C)
+        state[p + "w_fc"] = c_fc_w.t().expand(E, -1, -1).clone()  # (E, C, 4C)
+        state[p + "w_proj"] = c_proj_w.t().expand(E, -1, -1).clone()  # (E, 4C, C)
+        if cfg.bias:
+            state[p + "b_fc"] = state.pop(p + "c_fc.bias").expand(E, -1).clone()  # (E, 4C)
+            state[p + "b_proj"] = state.pop(p + "c_proj.bias").expand(E, -1).clone()  # (E, C)
+        state[p + "router.weight"] = (torch.randn(E, C, generator=gen) * 0.02).to(dtype)  # fresh router
+    moe.load_state_dict(state, strict=True)  # strict: every weight of the new model was set above
+    return moe.to(device=device, dtype=dtype)
+
+
+@torch.no_grad()
+def add_expert(model, src):
+    """Append a copy of expert `src` and of router row `src` to every MoE layer (in place).
+    Returns the new expert's id. Build the optimizer after this (the parameters are new tensors)."""
+    moes = model.moe_modules()
+    if not moes:
+        raise ValueError("add_expert needs a model with MoE layers")
+    E = model.config.n_experts
+    if not 0 <= src < E:
+        raise ValueError(f"src expert {src} out of range [0, {E})")
+    for moe in moes:
+        for name in ("w_fc", "b_fc", "w_proj", "b_proj"):
+            p = getattr(moe, name)
+            if p is not None:
+                setattr(moe, name, nn.Parameter(torch.cat([p, p[src:src + 1]]), requires_grad=p.requires_grad))
+        w = moe.router.weight  # (E, C)
+        moe.router.weight = nn.Parameter(torch.cat([w, w[src:src + 1]]), requires_grad=w.requires_grad)
+        moe.router.out_features = E + 1
+        moe.n_experts = E + 1
+    model.config.n_experts = E + 1
+    return E
+
+
+def upcycle_checkpoint(dense_ckpt, layers, n_experts, top_k=2, seed=0):
+    """Dense checkpoint dict -> MoE checkpoint dict (vocab, langs, config carried; optimizer dropped)."""
+    dense = model_from_checkpoint(dense_ckpt, "cpu")
+    moe = upcycle(dense, layers, n_experts, top_k=top_k, seed=seed)
+    ckpt = {k: v for k, v in dense_ckpt.items() if k not in ("model", "model_args", "optimizer")}
+    ckpt.update(
+        model=moe.state_dict(),
+        model_args=asdict(moe.config),
+        optimizer=None,  # a fresh optimizer for the new parameters
+        step=0,
+        stage="upcycled",
+        upcycled_from=dict(step=dense_ckpt.get("step"), stage=dense_ckpt.get("stage"), seed=seed),
+    )
+    return ckpt
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Upcycle a dense nanoDMoE checkpoint into an MoE checkpoint.")
+    ap.add_argument("dense_ckpt", help="path of the dense checkpoint")
+    ap.add_argument("--layers", required=True, help="comma-separated block indices to upcycle, or 'all'")
+    ap.add_argument("--experts", type=int, required=True, help="experts per MoE layer (one per group)")
+    ap.add_argument("--top_k", type=int, default=2, help="experts per token under learned routing")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the new routers' init")
+    ap.add_argument("--out", required=True, help="where to write the MoE checkpoint")
+    args = ap.parse_args(argv)
+    try:
+        dense_ckpt = load_checkpoint(args.dense_ckpt)
+    except RuntimeError as e:
+        raise SystemExit(f"upcycle.py: {e}")
+    n_layer = dense_ckpt["model_args"]["n_layer"]
+    layers = list(range(n_layer)) if args.layers == "all" else [int(s) for s in args.layers.split(",") if s]
+    try:
+        ckpt = upcycle_checkpoint(dense_ckpt, layers, args.experts, top_k=args.top_k, seed=args.seed)
+    except ValueError as e:
+        ap.error(str(e))
+    save_checkpoint(args.out, ckpt)
+    n_dense = sum(v.numel() for k, v in dense_ckpt["model"].items() if k != "lm_head.weight")
+    n_moe = sum(v.numel() for k, v in ckpt["model"].items() if k != "lm_head.weight")
+    print(f"upcycled {args.dense_ckpt} -> {args.out}: layers {layers}, {args.experts} experts, "
+          f"top_k {args.top_k}; params {n_dense:,} -> {n_moe:,}")
+
+
+if __name__ == "__main__":
+    main()
