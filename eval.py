@@ -910,6 +910,44 @@ def _resolve_cache(ckpt, ckpt_path, override):
     return dc
 
 
+def seed_summary(runs, baseline="cpt"):
+    """Mean ± sample std over runs (e.g. seeds) of each variant's average perplexity and bits per byte,
+    and of its % change against the baseline within each run."""
+    variants = [v for v in runs[0]["variants"] if all(v in r["variants"] for r in runs)]
+    lines = [f"{len(runs)} runs; mean ± std over runs of the per-run average over languages",
+             f"{'variant':<12} {'avg ppl':>16} {'avg bpb':>18} {'Δppl vs ' + baseline:>18}"]
+    for v in variants:
+        ppl = np.array([summarize(r["variants"][v])["ppl"] for r in runs])
+        bpb = np.array([summarize(r["variants"][v])["bpb"] for r in runs])
+        row = f"{v:<12} {ppl.mean():9.2f} ± {ppl.std(ddof=1):5.2f} {bpb.mean():10.4f} ± {bpb.std(ddof=1):.4f}"
+        if baseline in variants:
+            base = np.array([summarize(r["variants"][baseline])["ppl"] for r in runs])
+            d = 100 * (ppl / base - 1)
+            row += f" {d.mean():+9.2f}% ± {d.std(ddof=1):.2f}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def sample(args):
+    """python eval.py out/dmoe.pt --sample "Все люди рождаются" [--sample_lang ru]: generate a continuation."""
+    import data as datamod
+    import model as modelmod
+    torch.manual_seed(0)
+    for variant, path in find_checkpoints(args.paths):
+        ckpt = modelmod.load_checkpoint(path)
+        model = modelmod.model_from_checkpoint(ckpt, args.device).eval()
+        tok = datamod.Tokenizer.from_state_dict(ckpt["vocab"])
+        idx = torch.tensor([tok.encode(args.sample)], dtype=torch.long, device=args.device)
+        kw = {}
+        l2e = ckpt.get("lang_to_expert") or {}
+        if args.sample_lang and is_moe(model):
+            if args.sample_lang not in l2e:
+                raise SystemExit(f"error: --sample_lang {args.sample_lang} not among {','.join(l2e)}")
+            kw = dict(groups=torch.tensor([l2e[args.sample_lang]], device=args.device), routing="group")
+        out = model.generate(idx, args.sample_tokens, temperature=0.8, top_k=50, **kw)
+        print(f"--- {variant} ({path})\n{tok.decode(out[0].tolist())}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Per-language loss/ppl/bits-per-byte of nanoDMoE checkpoints.")
     p.add_argument("paths", nargs="+", help="checkpoint files and/or run directories (searched for *.pt)")
@@ -928,14 +966,26 @@ def main(argv=None):
     p.add_argument("--pictures", default=None, metavar="OUTDIR", help="write PNGs (text without matplotlib)")
     p.add_argument("--profile", default=None, help="profile.json for pictures (default: RUN_DIR/profile.json)")
     p.add_argument("--groups", default=None, help="groups.json for pictures (default: RUN_DIR/groups.json)")
+    p.add_argument("--sample", default=None, metavar="PROMPT", help="print a continuation of PROMPT instead")
+    p.add_argument("--sample_tokens", type=int, default=60)
+    p.add_argument("--sample_lang", default=None, help="route the sample to this language's expert (group routing)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
+    if args.sample is not None:
+        return sample(args)
     if not (args.routing in ("learned", "group") or re.fullmatch(r"expert:\d+", args.routing)):
         p.error("--routing must be learned, group or expert:E")
 
     datasets, results, params, analyses = {}, {}, {}, {}
     # a pipeline's results.json (train.py) is printed as it is, without evaluating anything
     jsons = [q for q in args.paths if q.endswith(".json") and os.path.isfile(q)]
+    if len(jsons) > 1 and len(jsons) == len(args.paths):   # several runs (seeds): mean ± std per variant
+        runs = []
+        for q in jsons:
+            with open(q) as f:
+                runs.append(json.load(f))
+        print(seed_summary(runs, baseline=args.baseline))
+        return runs
     for q in jsons:
         with open(q) as f:
             saved = json.load(f)

@@ -437,7 +437,8 @@ def load_checkpoint(path, device="cpu"):
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
         raise RuntimeError(
-            f"{path}: not a readable checkpoint ({e.__class__.__name__}); delete it or pass another --resume"
+            f"{path}: not a readable checkpoint ({e.__class__.__name__}); "
+            f"delete it (train.py then redoes that stage) or use another file"
         ) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise RuntimeError(f"{path}: not a nanoDMoE checkpoint (no 'model'/'model_args' entries)")

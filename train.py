@@ -26,7 +26,6 @@ import ast
 import json
 import math
 import os
-import random
 import sys
 import time
 from contextlib import nullcontext
@@ -49,8 +48,9 @@ out = "out"                  # run directory: checkpoints, logs, profile.json, g
 data_dir = ""                # a user corpus: DIR/<lang>.jsonl ({"text": ...} per line) or DIR/<lang>.txt
 data_cache = ""              # tokenized corpus; default data_cache/<langs>-v<vocab_size>
 vocab_size = 8192            # compact vocabulary: 256 bytes + EOT + the most frequent o200k tokens
-seed = 0                     # every random choice: init, batches, random groups
-preset = "default"           # default | tiny | gpu   (see PRESETS below)
+seed = 0                     # every random choice of training: init, batches, profiling, random groups
+data_seed = 0                # the train/val split of the documents (kept apart so seeds share one test set)
+preset = "default"           # default | tiny | gpu | gpu_large   (see PRESETS below)
 # model
 n_layer = 4
 n_head = 4
@@ -112,11 +112,16 @@ PRESETS = {
     "tiny": dict(vocab_size=1024, n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=8,
                  base_steps=60, profile_steps=2, profile_batch=4, profile_repeats=1, n_groups=3,
                  stage1_steps=6, stage2_steps=24, eval_interval=30, eval_windows=2, ckpt_interval=50),
-    # one GPU: a model that is short of capacity for 18 languages, trained for longer
-    "gpu": dict(n_layer=8, n_head=8, n_embd=512, block_size=256, batch_size=64,
-                base_steps=3000, profile_steps=10, profile_batch=64, profile_repeats=3,
-                stage1_steps=150, stage2_steps=1350, lr=3e-4, eval_interval=500, eval_windows=64,
-                ckpt_interval=500),
+    # one GPU, bundled corpus (~0.8M training tokens): wider and deeper, dropout against overfitting
+    "gpu": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=32, dropout=0.1,
+                base_steps=1500, profile_steps=10, profile_batch=32, profile_repeats=3,
+                stage1_steps=100, stage2_steps=900, lr=3e-4, eval_interval=250, eval_windows=64,
+                ckpt_interval=250),
+    # one GPU, a user corpus of billions of tokens (--data_dir): GPT-2-small shape, 0.5M-token batches
+    "gpu_large": dict(vocab_size=32768, n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=32,
+                      grad_accum=16, base_lr=6e-4, base_steps=20000, profile_steps=10, profile_batch=32,
+                      profile_repeats=3, stage1_steps=500, stage2_steps=4500, lr=3e-4, grad_clip=1.0,
+                      eval_interval=1000, eval_windows=100, ckpt_interval=500),
 }
 ALIASES = {"from": "adapt_from"}
 DEFAULTS = {k: v for k, v in list(globals().items())
@@ -153,6 +158,8 @@ def parse_args(argv):
     if p not in PRESETS:
         raise SystemExit(f"error: unknown preset {p!r}; choose one of {', '.join(PRESETS)}")
     cfg.update(PRESETS[p])
+    if given.get("langs") == "128":   # the paper's many-language setting: 16 groups, seed-pair growth rule
+        cfg.update(n_groups=16, group_method="seed")
     for key, val in given.items():
         cfg[key] = _typed(key, val, defaults[key])
     cfg["preset"] = p
@@ -243,6 +250,14 @@ def flops_per_token(model, routing):
     return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
 
 
+def checkpoint_or_exit(path):
+    """load_checkpoint, with a missing or unreadable file as a one-line error instead of a traceback."""
+    try:
+        return load_checkpoint(path)
+    except RuntimeError as e:
+        raise SystemExit(f"error: {e}")
+
+
 def lr_at(step, steps, peak, cfg):
     """Linear warmup over warmup_frac of the steps, then cosine down to peak * min_lr_frac."""
     warm = max(1, int(cfg["warmup_frac"] * steps))
@@ -276,7 +291,7 @@ def run_stage(cfg, stage, make_model, dataset, env):
     Under DDP every rank draws the same global batch and trains on its own slice of it, so the update is
     the same as a single process's with that global batch; only rank 0 logs and writes."""
     path = os.path.join(cfg["out"], stage.name + ".pt")
-    ckpt = load_checkpoint(path) if os.path.exists(path) else None
+    ckpt = checkpoint_or_exit(path) if os.path.exists(path) else None
     if ckpt is not None and ckpt.get("done"):
         env.print(f"[{stage.name}] done already ({path}), skipping")
         return model_from_checkpoint(ckpt, env.device)
@@ -425,7 +440,7 @@ def load_data(cfg, env, lang_list, cache, tokenizer=None):
     try:
         if env.master:
             dataset = D.prepare(lang_list, cache, vocab_size=cfg["vocab_size"], data_dir=cfg["data_dir"] or None,
-                                seed=cfg["seed"], tokenizer=tokenizer)
+                                seed=cfg["data_seed"], tokenizer=tokenizer)
         env.barrier()
         if not env.master:
             dataset = D.Dataset.load(cache)
@@ -438,6 +453,8 @@ def load_data(cfg, env, lang_list, cache, tokenizer=None):
 
 def default_cache(cfg, langs_spec):
     name = f"{langs_spec.replace(',', '_')[:60]}-v{cfg['vocab_size']}"
+    if cfg["data_seed"]:
+        name += f"-split{cfg['data_seed']}"
     if cfg["data_dir"]:
         name += "-" + os.path.basename(os.path.normpath(cfg["data_dir"]))
     return os.path.join("data_cache", name)
@@ -519,7 +536,8 @@ def main(argv):
         model = model_from_checkpoint(load_checkpoint(os.path.join(cfg["out"], name + ".pt")), env.device)
         res = E.evaluate(model, dataset, lang_list, split="val", block_size=cfg["block_size"],
                          max_windows=cfg["eval_windows"], routing="learned", device=env.device)
-        results["variants"][name] = {l: {k: r[k] for k in ("loss", "ppl", "bpb")} for l, r in res.items()}
+        results["variants"][name] = {l: {k: r[k] for k in ("loss", "ppl", "bpb", "tokens", "bytes")}
+                                     for l, r in res.items()}
         results["params"][name] = model.num_params()
     results["minutes"] = round((time.time() - t_start) / 60, 2)
     results["config"] = cfg
@@ -571,7 +589,7 @@ def run_adaptation(cfg, env):
     least similar expert. Reports the new languages' gain and every old language's change."""
     if not cfg["adapt_from"]:
         raise SystemExit("error: --adapt needs --from CKPT, a trained MoE checkpoint such as out/dmoe.pt")
-    src = load_checkpoint(cfg["adapt_from"])
+    src = checkpoint_or_exit(cfg["adapt_from"])
     if not src["model_args"].get("moe_layers"):
         raise SystemExit(f"error: {cfg['adapt_from']} is a dense checkpoint; --from needs an MoE one (e.g. out/dmoe.pt)")
     old_cfg, old_langs = src["config"], src["langs"]
@@ -656,19 +674,22 @@ def run_adaptation(cfg, env):
 
 def adapt_table(rep):
     """New-language perplexity and old-language forgetting of every adaptation method, as text."""
-    def avg(res, key="ppl"):
-        return float(np.mean([v[key] for v in res.values()])) if res else float("nan")
-    before = rep["methods"]["before"]
-    lines = [f"{'method':<14} {'new ppl':>9} {'new bpb':>8} {'old ppl':>9} {'Δold ppl':>9} {'old bpb (group)':>16}",
+    def avg(res):
+        return float(np.mean([v["ppl"] for v in res.values()]))
+    lines = [f"{'method':<14} {'new ppl':>8} {'new ppl':>8} {'old ppl':>8} {'Δ old':>8} {'old ppl':>8} {'Δ old':>8}",
+             f"{'':<14} {'learned':>8} {'->new e':>8} {'learned':>8} {'learned':>8} {'->own e':>8} {'->own e':>8}",
              "-" * 70]
     for name, r in rep["methods"].items():
-        ref = rep["methods"]["cpt_before"] if name.startswith("cpt") else before
-        d_old = 100 * (avg(r["old"]) / avg(ref["old"]) - 1)
-        grp = f"{avg(r['old_group'], 'bpb'):.4f}" if "old_group" in r else "-"
-        lines.append(f"{name:<14} {avg(r['new']):9.2f} {avg(r['new'], 'bpb'):8.3f} {avg(r['old']):9.2f} "
-                     f"{d_old:+8.2f}% {grp:>16}")
-    lines.append("new/old = average over the new / the originally trained languages, learned routing; "
-                 "old bpb (group) routes every old language to its own group's expert")
+        ref = rep["methods"]["cpt_before" if name.startswith("cpt") else "before"]
+        cells = [f"{avg(r['new']):8.2f}", f"{avg(r['new_group']):8.2f}" if "new_group" in r else f"{'-':>8}",
+                 f"{avg(r['old']):8.2f}", f"{100 * (avg(r['old']) / avg(ref['old']) - 1):+7.2f}%"]
+        if "old_group" in r:
+            cells += [f"{avg(r['old_group']):8.2f}", f"{100 * (avg(r['old_group']) / avg(ref['old_group']) - 1):+7.2f}%"]
+        else:
+            cells += [f"{'-':>8}", f"{'-':>8}"]
+        lines.append(f"{name:<14} " + " ".join(cells))
+    lines.append("averages over the new / the originally trained languages; learned = the router decides, "
+                 "->new e / ->own e = routed to the new expert / to the language's own group expert")
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
 """eval.py: metrics, forced routing, routing analysis, pictures and the CLI on tiny models and a fake corpus."""
+import json
 import math
 import os
 import sys
@@ -293,3 +294,24 @@ def test_real_corpus_cli(tmp_path, capsys):
         assert r["bytes"] == sum(tb[int(t)] for t in y.flatten())
         assert r["bpb"] * math.log(2) * r["bytes"] == pytest.approx(r["loss"] * r["tokens"], rel=1e-9)
         assert res["dmoe"][lang]["loss"] == pytest.approx(r["loss"], abs=1e-5)   # upcycled = dense
+    # sampling: the prompt comes back verbatim at the start, followed by new text; group routing by language
+    E.main([str(tmp_path / "run" / "dmoe.pt"), "--sample", "Все люди", "--sample_tokens", "5",
+            "--sample_lang", "ru", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "--- dmoe" in out and "\nВсе люди" in out
+    with pytest.raises(SystemExit, match="--sample_lang xx not among de,ru"):
+        E.main([str(tmp_path / "run" / "dmoe.pt"), "--sample", "a", "--sample_lang", "xx", "--device", "cpu"])
+
+
+def test_seed_summary(tmp_path, capsys):
+    """Several results.json (seeds) -> mean ± std of each variant's average ppl and its change vs cpt."""
+    paths = []
+    for i, (c, d) in enumerate([(10.0, 9.0), (12.0, 11.4)]):
+        r = {"variants": {"cpt": {"aa": {"loss": math.log(c), "ppl": c, "bpb": 1.0}},
+                          "dmoe": {"aa": {"loss": math.log(d), "ppl": d, "bpb": 0.9}}}}
+        paths.append(str(tmp_path / f"r{i}.json"))
+        json.dump(r, open(paths[-1], "w"))
+    E.main(paths)
+    out = capsys.readouterr().out
+    assert "11.00 ±  1.41" in out            # cpt: mean 11, sample std sqrt(2)
+    assert "-7.50% ± 3.54" in out            # dmoe: -10% and -5%

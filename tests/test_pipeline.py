@@ -96,3 +96,24 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, cache):
     with pytest.raises((SystemExit, RuntimeError, ValueError), match="base.pt"):
         run(out, cache)
     assert (out / "base.pt").read_bytes() == b"not a checkpoint"
+
+
+def test_seeds_share_one_dataset():
+    """--seed changes training, not the held-out documents: runs of several seeds are compared on one test set
+    (and never rebuild each other's token files)."""
+    caches = {train.default_cache(train.parse_args(["--seed", str(s)]), "18") for s in (0, 1, 2)}
+    assert len(caches) == 1
+    assert train.default_cache(train.parse_args(["--data_seed", "1"]), "18") not in caches
+
+
+def test_128_languages_smoke(tmp_path, capsys):
+    """--langs 128: every language with bundled text, 16 groups by the paper's seed-pair growth rule."""
+    res = train.main(["--preset", "tiny", "--langs", "128", "--variants", "dmoe", "--base_steps", "10",
+                      "--stage1_steps", "2", "--stage2_steps", "2", "--vocab_size", "512",
+                      "--out", str(tmp_path / "run"), "--data_cache", str(tmp_path / "cache")])
+    out = capsys.readouterr().out
+    assert "left out" in out                          # the languages without bundled text are named
+    assert len(res["langs"]) > 100 and len(res["groups"]) == 16
+    groups = json.load(open(tmp_path / "run" / "groups.json"))
+    assert groups["method"] == "seed" and sorted(l for g in groups["groups"] for l in g) == sorted(res["langs"])
+    assert set(res["variants"]) == {"base", "dmoe"} and set(res["variants"]["dmoe"]) == set(res["langs"])
