@@ -1,8 +1,8 @@
 """
 The whole DMoE ("Group then Scale") pipeline, one command:
 
-    python train.py --langs 18                        # default preset, ~20 min on a 2-core CPU
-    python train.py --langs 18 --preset tiny --out out-tiny   # smoke run of every stage, < 2 min
+    python train.py --langs 18                        # default preset, ~15 min on a 2-core CPU
+    python train.py --langs 18 --preset tiny --out out-tiny   # smoke run of every stage, seconds
     python train.py --langs ar,de,fr,ru,uk --n_groups 2 # any subset of languages
 
 Stages, each written to OUT/ and skipped when already done (a killed run picks up where it stopped):
