@@ -856,14 +856,18 @@ def _variant_name(path):
 
 
 def find_checkpoints(paths, stages=False):
-    """[(variant, path)] from checkpoint files and/or directories (searched recursively for *.pt).
+    """[(variant, path)] from checkpoint files and/or directories: a directory's own *.pt and its
+    subdirectories' generically named ones (<variant>/ckpt.pt, ...), not other files below it (so a run
+    dir's adapt-*/ experiments are not mixed into its table; name that directory to read those).
     Variant = the parent directory for generic names (ckpt.pt, final.pt, ...), else the file stem.
     In a directory, a stage-1 checkpoint <v>_stage1.pt is left out when <v> is there too (stages=True
     keeps it) and the variants come in train.py's order (base, cpt, dmoe, random, all_layers, others)."""
     out = []
     for p in paths:
         if os.path.isdir(p):
-            files = glob.glob(os.path.join(p, "**", "*.pt"), recursive=True)
+            files = glob.glob(os.path.join(p, "*.pt")) + [
+                f for f in glob.glob(os.path.join(p, "*", "*.pt"))
+                if os.path.splitext(os.path.basename(f))[0] in GENERIC_STEMS]
             if not files:
                 raise SystemExit(f"no *.pt checkpoints under {p}")
             names = {_variant_name(f) for f in files}

@@ -319,7 +319,8 @@ def run_stage(cfg, stage, make_model, dataset, env):
                 f.writelines(keep)
     fwd = torch.compile(model, dynamic=False) if env.use_compile else model
     if env.ddp:
-        fwd = torch.nn.parallel.DistributedDataParallel(fwd, device_ids=[env.device] if env.device_type == "cuda" else None)
+        ids = [env.device] if env.device_type == "cuda" else None
+        fwd = torch.nn.parallel.DistributedDataParallel(fwd, device_ids=ids)
 
     B, T, accum = cfg["batch_size"], cfg["block_size"], cfg["grad_accum"]
     if B % env.world:

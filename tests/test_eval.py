@@ -315,3 +315,12 @@ def test_seed_summary(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "11.00 ±  1.41" in out            # cpt: mean 11, sample std sqrt(2)
     assert "-7.50% ± 3.54" in out            # dmoe: -10% and -5%
+
+
+def test_run_dir_does_not_mix_in_subdirectories(tmp_path):
+    """A run directory's table holds its own variants; adapt-*/ experiments are read only when named."""
+    for f in ["base.pt", "cpt.pt", "dmoe_stage1.pt", "dmoe.pt", "adapt-be/adapt_similar.pt"]:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_bytes(b"")
+    assert [v for v, _ in E.find_checkpoints([str(tmp_path)])] == ["base", "cpt", "dmoe"]
+    assert [v for v, _ in E.find_checkpoints([str(tmp_path / "adapt-be")])] == ["adapt_similar"]
