@@ -41,7 +41,6 @@ for _name in list(getattr(_stdlib_profile, "__all__", [])) + ["_Utils", "main"]:
 
 import argparse
 import copy
-import json
 import math
 import time
 

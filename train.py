@@ -412,13 +412,6 @@ def run_stage(cfg, stage, make_model, dataset, env):
 # ----------------------------------------------------------------------------------------------------
 # the pipeline
 
-def write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
 def check_run_dir(cfg):
     """Refuse to mix two different runs in one directory; nothing is deleted."""
     os.makedirs(cfg["out"], exist_ok=True)
@@ -433,7 +426,7 @@ def check_run_dir(cfg):
             k = diff[0]
             raise SystemExit(f"error: {cfg['out']}/ holds a run with {k}={old[k]!r} (now {keep[k]!r}); "
                              f"pass another --out or delete {cfg['out']}/ to start over")
-    write_json(path, keep)
+    G.save_json(keep, path)
 
 
 def load_data(cfg, env, lang_list, cache, tokenizer=None):
@@ -506,13 +499,13 @@ def main(argv):
                                  rank=env.rank, world=env.world)
         prof.pop("vectors")
         if env.master:
-            write_json(prof_path, prof)
+            G.save_json(prof, prof_path)
     del base
 
     # -- group: similarity -> balanced groups; eps rule -> MoE layers ----------------------------------
     grp = G.make_groups(prof, cfg["n_groups"], cfg["group_method"], cfg["eps"], seed=cfg["seed"])
     if env.master:
-        write_json(os.path.join(cfg["out"], "groups.json"), grp)
+        G.save_json(grp, os.path.join(cfg["out"], "groups.json"))
         print(G.report(grp, prof))
     groups, moe_layers = grp["groups"], grp["moe_layers"]
     random_groups = G.random_groups(lang_list, [len(g) for g in groups], seed=cfg["seed"])
@@ -546,7 +539,7 @@ def main(argv):
     print(E.compare_table(results["variants"], baseline="cpt" if "cpt" in wanted else "base",
                           params=results["params"]))
     res_path = os.path.join(cfg["out"], "results.json")
-    write_json(res_path, results)
+    G.save_json(results, res_path)
     print(f"\nwrote {res_path} ({results['minutes']} min)")
     return results
 
@@ -668,7 +661,7 @@ def run_adaptation(cfg, env):
                                    for k, res in r.items()}
     print(adapt_table(report))
     path = os.path.join(cfg["out"], "adapt.json")
-    write_json(path, report)
+    G.save_json(report, path)
     print(f"\nwrote {path}")
     return report
 

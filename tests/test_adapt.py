@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import data as D
-import eval as E
 import train
 from model import load_checkpoint, model_from_checkpoint
 
