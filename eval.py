@@ -918,15 +918,15 @@ def seed_summary(runs, baseline="cpt"):
     """Mean ± sample std over runs (e.g. seeds) of each variant's average perplexity and bits per byte,
     and of its % change against the baseline within each run."""
     variants = [v for v in runs[0]["variants"] if all(v in r["variants"] for r in runs)]
+    avg = {v: [summarize(r["variants"][v]) for r in runs] for v in variants}   # per variant, per run
     lines = [f"{len(runs)} runs; mean ± std over runs of the per-run average over languages",
              f"{'variant':<12} {'avg ppl':>16} {'avg bpb':>18} {'Δppl vs ' + baseline:>18}"]
     for v in variants:
-        ppl = np.array([summarize(r["variants"][v])["ppl"] for r in runs])
-        bpb = np.array([summarize(r["variants"][v])["bpb"] for r in runs])
+        ppl = np.array([a["ppl"] for a in avg[v]])
+        bpb = np.array([a["bpb"] for a in avg[v]])
         row = f"{v:<12} {ppl.mean():9.2f} ± {ppl.std(ddof=1):5.2f} {bpb.mean():10.4f} ± {bpb.std(ddof=1):.4f}"
-        if baseline in variants:
-            base = np.array([summarize(r["variants"][baseline])["ppl"] for r in runs])
-            d = 100 * (ppl / base - 1)
+        if baseline in avg:
+            d = 100 * (ppl / np.array([a["ppl"] for a in avg[baseline]]) - 1)
             row += f" {d.mean():+9.2f}% ± {d.std(ddof=1):.2f}"
         lines.append(row)
     return "\n".join(lines)

@@ -669,7 +669,7 @@ def run_adaptation(cfg, env):
 def adapt_table(rep):
     """New-language perplexity and old-language forgetting of every adaptation method, as text."""
     def avg(res):
-        return float(np.mean([v["ppl"] for v in res.values()]))
+        return E.summarize(res)["ppl"]
     lines = [f"{'method':<14} {'new ppl':>8} {'new ppl':>8} {'old ppl':>8} {'Δ old':>8} {'old ppl':>8} {'Δ old':>8}",
              f"{'':<14} {'learned':>8} {'->new e':>8} {'learned':>8} {'learned':>8} {'->own e':>8} {'->own e':>8}",
              "-" * 70]
