@@ -144,7 +144,7 @@ class MoE(nn.Module):
             weight = weight / weight.sum(dim=-1, keepdim=True)  # renormalise: k weights sum to 1
         else:
             raise ValueError(f"unknown routing {routing!r} (learned | group)")
-        counts = torch.bincount(expert.flatten(), minlength=E)  # (E,) token-slots per expert
+        counts = _count(expert.flatten(), E)  # (E,) token-slots per expert
         if routing == "learned":
             # Switch-Transformer load balancing, E * sum_e f_e * P_e: f_e = share of the N*k token-slots
             # sent to e (a count, no gradient), P_e = mean router probability of e (carries the gradient).
@@ -176,7 +176,7 @@ class MoE(nn.Module):
         order = torch.argsort(flat, stable=True)  # (N*k,) pairs sorted by expert
         token = order // k  # (N*k,) the token each sorted pair reads
         sorted_expert = flat[order]  # (N*k,) non-decreasing
-        counts = torch.bincount(flat, minlength=self.n_experts)  # (E,) rows per expert
+        counts = _count(flat, self.n_experts)  # (E,) rows per expert
         # gathers use index_select: its backward is an index_add_, where x[idx]'s is a sorting
         # index_put_ (16 ms vs 0.7 ms on an H200 for a bias gather with 2 experts)
         xs = x.index_select(0, token)  # (N*k, C) the one gather: rows grouped by expert
@@ -220,6 +220,13 @@ class MoE(nn.Module):
                 y = y * weight[tok, slot, None]
             out.index_add_(0, tok, y.to(out.dtype))
         return out
+
+
+def _count(ids, n):
+    """(n,) int64 occurrences of 0..n-1 in ids. torch.bincount's output shape depends on the data
+    (max(ids) + 1), so torch.compile without fullgraph breaks the graph there (5 breaks in a 1-MoE-layer
+    GPT); a scatter_add into n zeros always has shape (n,)."""
+    return torch.zeros(n, dtype=torch.long, device=ids.device).scatter_add_(0, ids, torch.ones_like(ids))
 
 
 def _compute_dtype(x):

@@ -349,7 +349,7 @@ def run_stage(cfg, stage, make_model, dataset, env):
     model.train()
     bar = tqdm(total=stage.steps, initial=step, desc=stage.name, dynamic_ncols=True, mininterval=0.5,
                disable=not env.master)
-    t0, tokens_seen = time.time(), 0
+    t0, timed_from, timed_tokens = time.time(), None, 0
     while step < stage.steps:
         lr_now = lr_at(step, stage.steps, stage.peak_lr, cfg)
         for g in optimizer.param_groups:
@@ -375,11 +375,16 @@ def run_stage(cfg, stage, make_model, dataset, env):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        tokens_seen += tokens_per_step
         if not env.master:
             continue
-        dt = max(time.time() - t0, 1e-9)
-        tps = tokens_seen / dt
+        # tokens/s (and MFU) over the steps after this run's first one, which compiles and warms up
+        # (tens of seconds on a GPU, that would otherwise drag the whole stage's average down)
+        now = time.time()
+        if timed_from is None:
+            timed_from, tps = now, tokens_per_step / max(now - t0, 1e-9)
+        else:
+            timed_tokens += tokens_per_step
+            tps = timed_tokens / max(now - timed_from, 1e-9)
         rec = {"step": step, "tokens": step * tokens_per_step, "loss": round(lm_loss.item(), 4), "lr": lr_now}
         for k in ("router_ce", "balance"):
             if k in aux:

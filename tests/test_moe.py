@@ -171,3 +171,38 @@ def test_compiles_once_whatever_the_routing(dtype, routing):
             torch.testing.assert_close(y, y_eager, atol=1e-5, rtol=1e-5)
     assert len(seen) >= 3  # the token counts per expert really differed between calls
     assert counter.frame_count == 1, f"compiled {counter.frame_count} times"
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_whole_model_compiles_without_graph_breaks(autocast):
+    """train.py compiles the whole GPT the plain way (no fullgraph=True), where dynamo silently splits
+    the graph at any data-dependent-shape op and the compiled step can end up slower than eager (a
+    torch.bincount in the router did exactly that: 5 breaks, 10 graphs for one MoE layer). Every
+    pipeline model -- dense, group routing, learned routing -- must be one graph per structure, and a
+    fresh model of an already-seen structure (the next stage) must reuse it rather than recompile."""
+    from torch._dynamo.utils import counters
+
+    from model import GPT
+
+    torch._dynamo.reset()
+    counters.clear()
+    x = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(1))
+    groups = torch.tensor([0, 2, 2, 1])
+    plan = [([], "learned"), ([0], "group"), ([0], "learned"), ([0], "group")]  # the last one: a new model
+    new_graphs = []
+    for layers, routing in plan:
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=128, block_size=16, n_layer=2, n_head=2, n_embd=C,
+                              moe_layers=layers, n_experts=3 if layers else 0))
+        compiled = torch.compile(model, backend="aot_eager", dynamic=False)
+        before = counters["stats"]["unique_graphs"]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            _, loss, aux = compiled(x, y, groups=groups if layers else None, routing=routing)
+        loss.backward()
+        new_graphs.append(counters["stats"]["unique_graphs"] - before)
+        if layers:
+            _, loss_eager, _ = model(x, y, groups=groups, routing=routing)
+            assert abs(loss.item() - loss_eager.item()) < (3e-2 if autocast else 1e-5)
+    assert not counters["graph_break"], f"graph breaks: {list(counters['graph_break'])}"
+    assert new_graphs == [1, 1, 1, 0], new_graphs
