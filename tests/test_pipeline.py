@@ -136,3 +136,28 @@ def test_compiled_bf16_training_matches_eager(tmp_path, cache):
     assert not any(k.startswith("_orig_mod.") for k in ckpt["model"])
     for lang, r in eager["variants"]["dmoe"].items():
         assert abs(compiled["variants"]["dmoe"][lang]["loss"] - r["loss"]) < 0.05 * r["loss"], lang
+
+
+def test_trains_from_a_copied_cache_without_the_text_packages(tmp_path, cache, monkeypatch):
+    """The GPU-node case: only data_cache/ was copied over; train.py runs on it as it is."""
+    import data
+    args = ["--variants", "dmoe", "--base_steps", "2", "--stage1_steps", "1", "--stage2_steps", "1"]
+    run(tmp_path / "here", cache, *args)           # prepares the cache where the packages are installed
+    monkeypatch.setattr(data, "_udhr_dir", lambda: None)
+    monkeypatch.setattr(data, "_catalog_roots", lambda: [])
+    monkeypatch.setattr(data.importlib.metadata, "version", lambda pkg: (_ for _ in ()).throw(
+        data.importlib.metadata.PackageNotFoundError(pkg)))
+    res = run(tmp_path / "there", cache, *args)
+    assert res["langs"] == ["de", "nl", "ru", "uk", "ja", "zh"] and set(res["variants"]) == {"base", "dmoe"}
+    with pytest.raises(SystemExit, match="not installed"):
+        run(tmp_path / "elsewhere", str(tmp_path / "no_cache"), *args)
+
+
+def test_log_interval_records(tmp_path, cache):
+    """--log_interval N: a record every N steps (each one waits for the device), plus the stage's last
+    step and every checkpoint step (a resumed log must end where its checkpoint does)."""
+    run(tmp_path, cache, "--variants", "cpt", "--base_steps", "12", "--stage1_steps", "1", "--stage2_steps", "1",
+        "--log_interval", "5", "--eval_interval", "100", "--ckpt_interval", "4")
+    recs = [json.loads(l) for l in open(tmp_path / "logs" / "base.jsonl")]
+    assert [r["step"] for r in recs] == [4, 5, 8, 10, 12]
+    assert all(r["loss"] > 0 for r in recs) and "val_loss" in recs[-1]
