@@ -533,19 +533,30 @@ def main(argv):
 
     # -- evaluation ----------------------------------------------------------------------------------
     results = {"langs": lang_list, "groups": groups, "random_groups": random_groups, "moe_layers": moe_layers,
-               "params": {}, "variants": {}}
+               "params": {}, "variants": {}, "forced_group": {}}
+    keys = ("loss", "ppl", "bpb", "tokens", "bytes")
     for name in ["base"] + wanted:
-        model = model_from_checkpoint(load_checkpoint(os.path.join(cfg["out"], name + ".pt")), env.device)
+        ckpt = load_checkpoint(os.path.join(cfg["out"], name + ".pt"))
+        model = model_from_checkpoint(ckpt, env.device)
         res = E.evaluate(model, dataset, lang_list, split="val", block_size=cfg["block_size"],
                          max_windows=cfg["eval_windows"], routing="learned", device=env.device)
-        results["variants"][name] = {l: {k: r[k] for k in ("loss", "ppl", "bpb", "tokens", "bytes")}
-                                     for l, r in res.items()}
+        results["variants"][name] = {l: {k: r[k] for k in keys} for l, r in res.items()}
         results["params"][name] = model.num_params()
+        if model.config.moe_layers and ckpt.get("lang_to_expert"):
+            # every language forced to its own group's expert: how much the groups shaped the experts
+            res = E.evaluate(model, dataset, lang_list, split="val", block_size=cfg["block_size"],
+                             max_windows=cfg["eval_windows"], routing="group",
+                             lang_to_expert=ckpt["lang_to_expert"], device=env.device)
+            results["forced_group"][name] = {l: {k: r[k] for k in keys} for l, r in res.items()}
     results["minutes"] = round((time.time() - t_start) / 60, 2)
     results["config"] = cfg
     print()
     print(E.compare_table(results["variants"], baseline="cpt" if "cpt" in wanted else "base",
                           params=results["params"]))
+    if results["forced_group"]:
+        forced = {v: E.summarize(r)["ppl"] for v, r in results["forced_group"].items()}
+        print("\navg ppl with every language forced to its group's expert (learned routing above): "
+              + ", ".join(f"{v} {p:.2f}" for v, p in forced.items()))
     res_path = os.path.join(cfg["out"], "results.json")
     G.save_json(results, res_path)
     print(f"\nwrote {res_path} ({results['minutes']} min)")

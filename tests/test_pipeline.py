@@ -34,6 +34,14 @@ def test_tiny_pipeline_writes_every_variant_and_language(tmp_path, cache):
     assert flat == sorted(on_disk["langs"]) and [len(g) for g in on_disk["groups"]] == [2, 2, 2]
     p = on_disk["params"]
     assert p["cpt"] == p["base"] < p["dmoe"] == p["random"] <= p["all_layers"]
+    # the MoE variants are also evaluated with every language forced to its group's expert: for
+    # dmoe and random those are different experts, so the numbers differ from each other and from learned
+    assert set(on_disk["forced_group"]) == {"dmoe", "random", "all_layers"}
+    for v in on_disk["forced_group"]:
+        assert set(on_disk["forced_group"][v]) == set(on_disk["langs"])
+    loss = lambda table, v: [table[v][l]["loss"] for l in on_disk["langs"]]
+    assert loss(on_disk["forced_group"], "dmoe") != loss(on_disk["variants"], "dmoe")
+    assert loss(on_disk["forced_group"], "dmoe") != loss(on_disk["forced_group"], "random")
     # training improved on the untrained-from-base continuation: base beats a random init by far
     assert all(r["loss"] < 6.0 for r in on_disk["variants"]["base"].values())
     for f in ["profile.json", "groups.json", "base.pt", "cpt.pt", "dmoe_stage1.pt", "dmoe.pt"]:
