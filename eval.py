@@ -916,15 +916,19 @@ def _resolve_cache(ckpt, ckpt_path, override):
 
 def seed_summary(runs, baseline="cpt"):
     """Mean ± sample std over runs (e.g. seeds) of each variant's average perplexity and bits per byte,
-    and of its % change against the baseline within each run."""
-    variants = [v for v in runs[0]["variants"] if all(v in r["variants"] for r in runs)]
-    avg = {v: [summarize(r["variants"][v]) for r in runs] for v in variants}   # per variant, per run
+    and of its % change against the baseline within each run. MoE variants evaluated with every language
+    forced to its group's expert (train.py's "forced_group") get a second row, "<variant> forced"."""
+    tables = {v: [r["variants"][v] for r in runs] for v in runs[0]["variants"] if all(v in r["variants"] for r in runs)}
+    for v in runs[0].get("forced_group", {}):
+        if all(v in r.get("forced_group", {}) for r in runs):
+            tables[v + " forced"] = [r["forced_group"][v] for r in runs]
+    avg = {v: [summarize(t) for t in ts] for v, ts in tables.items()}   # per variant, per run
     lines = [f"{len(runs)} runs; mean ± std over runs of the per-run average over languages",
-             f"{'variant':<12} {'avg ppl':>16} {'avg bpb':>18} {'Δppl vs ' + baseline:>18}"]
-    for v in variants:
+             f"{'variant':<17} {'avg ppl':>16} {'avg bpb':>18} {'Δppl vs ' + baseline:>18}"]
+    for v in avg:
         ppl = np.array([a["ppl"] for a in avg[v]])
         bpb = np.array([a["bpb"] for a in avg[v]])
-        row = f"{v:<12} {ppl.mean():9.2f} ± {ppl.std(ddof=1):5.2f} {bpb.mean():10.4f} ± {bpb.std(ddof=1):.4f}"
+        row = f"{v:<17} {ppl.mean():9.2f} ± {ppl.std(ddof=1):5.2f} {bpb.mean():10.4f} ± {bpb.std(ddof=1):.4f}"
         if baseline in avg:
             d = 100 * (ppl / np.array([a["ppl"] for a in avg[baseline]]) - 1)
             row += f" {d.mean():+9.2f}% ± {d.std(ddof=1):.2f}"

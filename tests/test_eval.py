@@ -308,13 +308,18 @@ def test_seed_summary(tmp_path, capsys):
     paths = []
     for i, (c, d) in enumerate([(10.0, 9.0), (12.0, 11.4)]):
         r = {"variants": {"cpt": {"aa": {"loss": math.log(c), "ppl": c, "bpb": 1.0}},
-                          "dmoe": {"aa": {"loss": math.log(d), "ppl": d, "bpb": 0.9}}}}
+                          "dmoe": {"aa": {"loss": math.log(d), "ppl": d, "bpb": 0.9}}},
+             "forced_group": {"dmoe": {"aa": {"loss": math.log(c), "ppl": c, "bpb": 1.0}}}}
+        if i == 1:
+            r["forced_group"]["random"] = r["forced_group"]["dmoe"]   # not in every run: no row
         paths.append(str(tmp_path / f"r{i}.json"))
         json.dump(r, open(paths[-1], "w"))
     E.main(paths)
     out = capsys.readouterr().out
     assert "11.00 ±  1.41" in out            # cpt: mean 11, sample std sqrt(2)
     assert "-7.50% ± 3.54" in out            # dmoe: -10% and -5%
+    forced = [l for l in out.splitlines() if "forced" in l and "±" in l]
+    assert len(forced) == 1 and forced[0].startswith("dmoe forced") and "+0.00% ± 0.00" in forced[0]
 
 
 def test_run_dir_does_not_mix_in_subdirectories(tmp_path):
