@@ -534,20 +534,20 @@ def main(argv):
     # -- evaluation ----------------------------------------------------------------------------------
     results = {"langs": lang_list, "groups": groups, "random_groups": random_groups, "moe_layers": moe_layers,
                "params": {}, "variants": {}, "forced_group": {}}
-    keys = ("loss", "ppl", "bpb", "tokens", "bytes")
+
+    def scores(model, routing, lang_to_expert=None):
+        res = E.evaluate(model, dataset, lang_list, split="val", block_size=cfg["block_size"],
+                         max_windows=cfg["eval_windows"], routing=routing, lang_to_expert=lang_to_expert,
+                         device=env.device)
+        return {l: {k: r[k] for k in ("loss", "ppl", "bpb", "tokens", "bytes")} for l, r in res.items()}
     for name in ["base"] + wanted:
         ckpt = load_checkpoint(os.path.join(cfg["out"], name + ".pt"))
         model = model_from_checkpoint(ckpt, env.device)
-        res = E.evaluate(model, dataset, lang_list, split="val", block_size=cfg["block_size"],
-                         max_windows=cfg["eval_windows"], routing="learned", device=env.device)
-        results["variants"][name] = {l: {k: r[k] for k in keys} for l, r in res.items()}
+        results["variants"][name] = scores(model, "learned")
         results["params"][name] = model.num_params()
         if model.config.moe_layers and ckpt.get("lang_to_expert"):
             # every language forced to its own group's expert: how much the groups shaped the experts
-            res = E.evaluate(model, dataset, lang_list, split="val", block_size=cfg["block_size"],
-                             max_windows=cfg["eval_windows"], routing="group",
-                             lang_to_expert=ckpt["lang_to_expert"], device=env.device)
-            results["forced_group"][name] = {l: {k: r[k] for k in keys} for l, r in res.items()}
+            results["forced_group"][name] = scores(model, "group", ckpt["lang_to_expert"])
     results["minutes"] = round((time.time() - t_start) / 60, 2)
     results["config"] = cfg
     print()
