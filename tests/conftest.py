@@ -9,3 +9,20 @@ torch_threads = os.environ.get("NANODMOE_TEST_THREADS")
 if torch_threads:
     import torch
     torch.set_num_threads(int(torch_threads))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def no_text_packages(monkeypatch):
+    """This process as on a machine without notofonttools, django and kolibri (and their versions)."""
+    import importlib.metadata
+
+    import data
+
+    def missing(pkg):
+        raise importlib.metadata.PackageNotFoundError(pkg)
+    monkeypatch.setattr(data, "_udhr_dir", lambda: None)
+    monkeypatch.setattr(data, "_catalog_roots", lambda: [])
+    monkeypatch.setattr(importlib.metadata, "version", missing)

@@ -254,18 +254,10 @@ def test_load_without_tiktoken(built, monkeypatch):
     assert split_docs(ds, "ja", "parallel") == split_docs(ds0, "ja", "parallel")
 
 
-def test_prepared_cache_without_the_text_packages(built, monkeypatch, capsys):
+def test_prepared_cache_without_the_text_packages(built, no_text_packages, capsys):
     """A GPU node that got only data_cache/ (kolibri alone is 350 MB): the cache's languages are the
     available ones, prepare() reuses it for the same settings, anything else is a one-line error."""
     ds0 = built[0]
-    monkeypatch.setattr(data, "_udhr_dir", lambda: None)
-    monkeypatch.setattr(data, "_catalog_roots", lambda: [])
-    real_signature = data._source_signature
-
-    def no_packages(langs, data_dir):
-        sig = real_signature(langs, data_dir)
-        return {**sig, "packages": {k: None for k in sig["packages"]}}
-    monkeypatch.setattr(data, "_source_signature", no_packages)
     assert not data.bundled_installed()
     with pytest.raises(ValueError, match="bundled-text packages .* not installed"):
         resolve_langs("18")

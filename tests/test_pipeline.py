@@ -146,15 +146,11 @@ def test_compiled_bf16_training_matches_eager(tmp_path, cache):
         assert abs(compiled["variants"]["dmoe"][lang]["loss"] - r["loss"]) < 0.05 * r["loss"], lang
 
 
-def test_trains_from_a_copied_cache_without_the_text_packages(tmp_path, cache, monkeypatch):
+def test_trains_from_a_copied_cache_without_the_text_packages(tmp_path, cache, request):
     """The GPU-node case: only data_cache/ was copied over; train.py runs on it as it is."""
-    import data
     args = ["--variants", "dmoe", "--base_steps", "2", "--stage1_steps", "1", "--stage2_steps", "1"]
     run(tmp_path / "here", cache, *args)           # prepares the cache where the packages are installed
-    monkeypatch.setattr(data, "_udhr_dir", lambda: None)
-    monkeypatch.setattr(data, "_catalog_roots", lambda: [])
-    monkeypatch.setattr(data.importlib.metadata, "version", lambda pkg: (_ for _ in ()).throw(
-        data.importlib.metadata.PackageNotFoundError(pkg)))
+    request.getfixturevalue("no_text_packages")    # from here on, as on a machine without them
     res = run(tmp_path / "there", cache, *args)
     assert res["langs"] == ["de", "nl", "ru", "uk", "ja", "zh"] and set(res["variants"]) == {"base", "dmoe"}
     with pytest.raises(SystemExit, match="not installed"):
