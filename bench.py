@@ -139,7 +139,7 @@ if "model" not in args.skip:
 
         def train_step():
             with autocast:
-                _, loss, aux = fwd(idx, idx, groups=groups, routing=routing)
+                _, loss, aux = fwd(idx, idx, expert_ids=groups, routing=routing)
             if "balance" in aux:
                 loss = loss + 0.02 * aux["balance"]
             if "router_ce" in aux and routing == "group":

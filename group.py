@@ -1,10 +1,10 @@
 """
-Language grouping and MoE-layer selection for DMoE (PAPER.md steps 2-3). Pure numpy.
+Language grouping and MoE-layer selection for DMoE (docs/METHOD.md §3-4). Pure numpy.
 
 Input: the profile written by profile.py -- per-language, per-layer FFN deviations d_l^x and the
 cosine similarity of the languages' deviation vectors. Output: groups.json, which says
-  - which layers become MoE layers  (step 2: D_l = mean_x d_l^x, normalise, keep D^_l >= eps)
-  - which languages share an expert (step 3: balanced groups by similarity, one expert per group)
+  - which layers become MoE layers  (§3: D_l = mean_x d_l^x, normalise, keep D^_l >= eps)
+  - which languages share an expert (§4: balanced groups by similarity, one expert per group)
 
 Grouping rules (distance = 1 - cosine similarity):
   minmax        the paper's 18-language rule: exhaustive search for the tightest subset, repeatedly
@@ -20,9 +20,10 @@ import argparse
 import itertools
 import json
 import math
-import os
 
 import numpy as np
+
+from common import save_json
 
 METHODS = ("agglomerative", "minmax", "seed", "random")
 
@@ -226,7 +227,7 @@ def random_groups(langs, sizes, seed=0):
     return groups
 
 # -----------------------------------------------------------------------------
-# step 2: which layers become MoE layers
+# which layers become MoE layers (docs/METHOD.md §3)
 
 def select_layers(dev_per_layer, eps=0.6):
     """Dynamic layer selection. D^_l = (D_l - min D)/(max D - min D); layer l becomes an MoE layer iff
@@ -247,16 +248,20 @@ def select_layers(dev_per_layer, eps=0.6):
     if L == 1 or hi - lo <= 1e-12 * max(abs(hi), abs(lo)):
         order = sorted(range(L), key=lambda l: (-D[l], -l))
         return sorted(order[:math.ceil(L / 2)])
-    Dn = (D - lo) / (hi - lo)
+    Dn = normalized(D)
     chosen = [l for l in range(L) if Dn[l] >= eps - 1e-12]
     if not chosen:  # eps > 1
         chosen = [int(np.argmax(D))]
     return chosen
 
-def normalized(dev_per_layer):
-    D = np.asarray(dev_per_layer, dtype=np.float64)
-    span = D.max() - D.min()
-    return (D - D.min()) / span if span > 0 else np.zeros_like(D)
+def normalized(x, lo=None, hi=None):
+    """(x - lo) / (hi - lo) clipped to [0, 1], lo and hi defaulting to x's min and max (NaN ignored);
+    0 where hi <= lo. Of the per-layer deviations D_l this is D^_l; plots.py's heatmaps, sparklines
+    and bars share it, so that there is one min-max scaling."""
+    x = np.asarray(x, dtype=np.float64)
+    lo = np.nanmin(x) if lo is None else lo
+    hi = np.nanmax(x) if hi is None else hi
+    return np.clip((x - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
 
 # -----------------------------------------------------------------------------
 # groups.json
@@ -295,13 +300,41 @@ def rand_index(groups_a, groups_b):
         return 1.0
     return sum((ga[x] == ga[y]) == (gb[x] == gb[y]) for x, y in pairs) / len(pairs)
 
+def adjusted_rand_index(groups_a, groups_b):
+    """Hubert-Arabie adjusted Rand index of two groupings (lists of lists of languages) over the
+    languages both contain: the Rand index corrected for chance, 1.0 for identical partitions, ~0 for
+    unrelated ones (negative when worse than chance); symmetric, blind to group order and labels.
+    From the contingency table n_ij = |A_i & B_j| with row sums a_i, column sums b_j, n languages:
+        ARI = (sum C(n_ij, 2) - E) / (M - E),  E = sum C(a_i, 2) * sum C(b_j, 2) / C(n, 2),
+                                               M = (sum C(a_i, 2) + sum C(b_j, 2)) / 2.
+    Degenerate cases: M == E only when both partitions are all singletons or both one group, i.e.
+    identical -> 1.0; fewer than two shared languages (no pair to compare) -> nan."""
+    ga = {l: i for i, g in enumerate(groups_a) for l in g}
+    gb = {l: j for j, g in enumerate(groups_b) for l in g}
+    shared = [l for l in ga if l in gb]
+    if len(shared) < 2:
+        return float("nan")
+    n_ij = {}
+    for l in shared:
+        n_ij[ga[l], gb[l]] = n_ij.get((ga[l], gb[l]), 0) + 1
+    a_i, b_j = {}, {}
+    for (i, j), c in n_ij.items():
+        a_i[i] = a_i.get(i, 0) + c
+        b_j[j] = b_j.get(j, 0) + c
+    index = sum(math.comb(c, 2) for c in n_ij.values())
+    sum_a = sum(math.comb(c, 2) for c in a_i.values())
+    sum_b = sum(math.comb(c, 2) for c in b_j.values())
+    expected = sum_a * sum_b / math.comb(len(shared), 2)
+    best = (sum_a + sum_b) / 2
+    return 1.0 if best == expected else (index - expected) / (best - expected)
+
 def make_groups(profile, k, method="agglomerative", eps=0.6, seed=0, linkage="complete"):
     """profile (profile.py output) -> the groups.json dict:
-    langs, method, k, groups, lang_to_group, moe_layers, eps, layer_dev (D_l, mean FFN deviation per
-    layer), layer_dev_norm (D^_l), attn_layer_dev, merges (agglomerative tree, else []), similarity,
+    langs, method, k, groups, lang_to_expert (expert e serves group e), moe_layers, eps, layer_dev
+    (D_l, mean FFN deviation per layer), layer_dev_norm (D^_l), attn_layer_dev, merges (agglomerative tree, else []), similarity,
     group_similarity (mean within-group similarity), and, when the profile has per-repeat
     similarities, repeat_groups/repeat_rand: the grouping redone on each repeat's similarity alone and
-    its Rand agreement with the final groups -- the stability check PAPER.md asks for."""
+    its Rand agreement with the final groups -- the stability check of docs/METHOD.md §4."""
     langs = list(profile["langs"])
     if profile.get("similarity") is not None:
         S = np.asarray(profile["similarity"], dtype=np.float64)
@@ -317,7 +350,7 @@ def make_groups(profile, k, method="agglomerative", eps=0.6, seed=0, linkage="co
         "method": method,
         "k": k,
         "groups": groups,
-        "lang_to_group": {l: gi for gi, g in enumerate(groups) for l in g},
+        "lang_to_expert": {l: e for e, g in enumerate(groups) for l in g},
         "moe_layers": select_layers(layer_dev, eps),
         "eps": eps,
         "layer_dev": layer_dev.tolist(),
@@ -340,57 +373,11 @@ def make_groups(profile, k, method="agglomerative", eps=0.6, seed=0, linkage="co
 # -----------------------------------------------------------------------------
 # text report
 
-SHADES = " ░▒▓█"
-
-def _bar(x, xmax, width=24):
-    """Text bar of length x/xmax * width using eighth blocks."""
-    if not xmax > 0:
-        return ""
-    eighths = int(round(max(x, 0) / xmax * width * 8))
-    return "█" * (eighths // 8) + ("", "▏", "▎", "▍", "▌", "▋", "▊", "▉")[eighths % 8]
-
-def heatmap(S, langs, groups=None):
-    """Similarity matrix as shaded text, languages ordered by group with │ and ─ at group boundaries.
-    Shades are scaled to the off-diagonal range (the diagonal, always 1, is drawn as ╲)."""
-    S = np.asarray(S, dtype=np.float64)
-    n = len(langs)
-    groups = groups or [list(langs)]
-    idx = {l: i for i, l in enumerate(langs)}
-    order = [idx[l] for g in groups for l in g]
-    ends = set(np.cumsum([len(g) for g in groups])[:-1].tolist())  # boundary before these positions
-    off = S[~np.eye(n, dtype=bool)]
-    lo, hi = (off.min(), off.max()) if off.size else (0.0, 1.0)
-    cw = 2 if n <= 40 else 1  # cell width
-    lw = max(len(l) for l in langs)
-
-    def sep(p):
-        return "│" if p in ends else ""
-
-    lines = [f"similarity heatmap: '{SHADES}' = {lo:.3f} .. {hi:.3f} (off-diagonal range)"]
-    for r in range(max(len(l) for l in langs)):  # vertical column labels
-        row = " " * (lw + 1)
-        for p, j in enumerate(order):
-            lab = langs[j]
-            row += sep(p) + (lab[r] if r < len(lab) else " ").ljust(cw)
-        lines.append(row.rstrip())
-    for p, i in enumerate(order):
-        if p in ends:
-            lines.append(" " * (lw + 1) + "".join(("┼" if q in ends else "") + "─" * cw for q in range(n)))
-        row = langs[i].rjust(lw) + " "
-        for q, j in enumerate(order):
-            if i == j:
-                cell = "╲" * cw
-            else:
-                t = (S[i, j] - lo) / (hi - lo) if hi > lo else 0.0
-                cell = SHADES[min(int(t * len(SHADES)), len(SHADES) - 1)] * cw
-            row += sep(q) + cell
-        lines.append(row)
-    return "\n".join(lines)
-
 def report(g, profile=None):
     """Human-readable report of a make_groups() result: heatmap, groups with their mean similarity,
     nearest neighbours, per-layer deviations with bars and the chosen MoE layers, repeat stability.
     `profile` (optional) adds the profiling settings and the fine-tuning losses."""
+    from plots import text_bar, text_similarity  # here, not at the top: plots imports group
     langs, groups = g["langs"], g["groups"]
     S = np.asarray(g["similarity"], dtype=np.float64)
     n = len(langs)
@@ -398,7 +385,7 @@ def report(g, profile=None):
     out = []
     if profile and profile.get("config"):
         out.append("profile: " + ", ".join(f"{k}={v}" for k, v in profile["config"].items()))
-    out.append(heatmap(S, langs, groups))
+    out.append(text_similarity(S, langs, groups))
     off = S[~np.eye(n, dtype=bool)]
     if off.size:
         out.append(f"off-diagonal similarity: mean {off.mean():.4f}, min {off.min():.4f}, max {off.max():.4f}")
@@ -413,14 +400,14 @@ def report(g, profile=None):
         out.append(f"stability: grouping redone on each repeat's similarity agrees with the final one on "
                    f"{', '.join(f'{r:.2f}' for r in rr)} of language pairs (Rand index)")
     out.append("\nnearest neighbour (* = same group):")
-    l2g = g.get("lang_to_group") or {l: gi for gi, grp in enumerate(groups) for l in grp}
+    lang_to_expert = g["lang_to_expert"]
     items = []
     for l in langs:
         i = idx[l]
         row = S[i].copy()
         row[i] = -np.inf
         j = int(np.argmax(row)) if n > 1 else i
-        mark = "*" if l2g[l] == l2g[langs[j]] else " "
+        mark = "*" if lang_to_expert[l] == lang_to_expert[langs[j]] else " "
         items.append(f"{l:>4s} → {langs[j]:<4s}{row[j]:7.4f}{mark}")
     for r in range(0, len(items), 4):
         out.append("  " + "   ".join(items[r:r + 4]))
@@ -431,8 +418,8 @@ def report(g, profile=None):
     out.append(f"\nper-layer mean deviation (eps = {g['eps']}; MoE layers {sorted(moe)}):")
     out.append(f"  {'layer':>5s} {'ffn':>10s} {'':24s} {'D^':>5s} {'attn':>10s}")
     for l in range(len(D)):
-        attn = f"{A[l]:10.3e} {_bar(A[l], max(A))}" if A else ""
-        out.append(f"  {l:5d} {D[l]:10.3e} {_bar(D[l], D.max()):<24s} {Dn[l]:5.2f} {attn}"
+        attn = f"{A[l]:10.3e} {text_bar(A[l], max(A))}" if A else ""
+        out.append(f"  {l:5d} {D[l]:10.3e} {text_bar(D[l], D.max()):<24s} {Dn[l]:5.2f} {attn}"
                    f"{'  <- MoE' if l in moe else ''}".rstrip())
     if profile and profile.get("loss"):
         out.append("\nprofiling fine-tune loss (first step -> last step):")
@@ -443,16 +430,6 @@ def report(g, profile=None):
 
 # -----------------------------------------------------------------------------
 # CLI
-
-def save_json(obj, path):
-    """Write JSON atomically: tmp file + os.replace."""
-    d = os.path.dirname(path)
-    if d:
-        os.makedirs(d, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Group languages and select MoE layers from a profile.json")

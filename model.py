@@ -13,12 +13,13 @@ nanoDMoE model: a GPT (nanoGPT shape) whose feed-forward layer can be a Mixture-
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+from common import atomic_open
 
 # newer torch exposes F.grouped_mm, older only the private torch._grouped_mm (same signature)
 grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
@@ -119,25 +120,28 @@ class MoE(nn.Module):
 
     # --- routing ---------------------------------------------------------------------------
 
-    def route(self, x, groups=None, routing="learned"):
+    def router_logits(self, x):
+        """x (N, C) -> (N, E) router logits in fp32, also under bf16 autocast (softmax / logsumexp of
+        small logits in bf16 would quantise the routing decision and the aux losses)."""
+        with torch.autocast(x.device.type, enabled=False):
+            return F.linear(x.float(), self.router.weight.float())  # (N, E)
+
+    def route(self, x, expert_ids=None, routing="learned"):
         """
-        x (N, C) tokens; groups (N,) int64 expert id of every token, or None.
+        x (N, C) tokens; expert_ids (N,) int64 the group expert of every token, or None.
         Returns expert (N, k) int64, weight (N, k) or None (= weight 1), aux dict of this layer.
         """
         E = self.n_experts
-        # router logits in fp32, also under bf16 autocast (softmax / logsumexp of small logits in bf16
-        # would quantise the routing decision and the aux losses)
-        with torch.autocast(x.device.type, enabled=False):
-            logits = F.linear(x.float(), self.router.weight.float())  # (N, E)
+        logits = self.router_logits(x)  # (N, E)
         aux = {"z": torch.logsumexp(logits, dim=-1).pow(2).mean()}  # router z-loss (ST-MoE)
-        if groups is not None:
-            aux["router_ce"] = F.cross_entropy(logits, groups)  # stage 1 router loss, mean over tokens
+        if expert_ids is not None:
+            aux["router_ce"] = F.cross_entropy(logits, expert_ids)  # stage 1 router loss, mean over tokens
 
         if routing == "group":
             # every token goes to its sequence's group expert with weight 1 (not gated)
-            if groups is None:
-                raise ValueError("routing='group' needs groups (one expert id per sequence)")
-            expert, weight = groups[:, None], None  # (N, 1)
+            if expert_ids is None:
+                raise ValueError("routing='group' needs expert_ids (one expert id per sequence)")
+            expert, weight = expert_ids[:, None], None  # (N, 1)
         elif routing == "learned":
             probs = logits.softmax(dim=-1)  # (N, E) softmax first, then top-k (upcycles better)
             weight, expert = probs.topk(min(self.top_k, E), dim=-1)  # (N, k) each
@@ -154,12 +158,12 @@ class MoE(nn.Module):
         aux["expert_counts"] = counts.detach()
         return expert, weight, aux
 
-    def forward(self, x, groups=None, routing="learned"):
-        """x (B, T, C); groups (B,) expert id per sequence or None. Returns y (B, T, C), aux dict."""
+    def forward(self, x, expert_ids=None, routing="learned"):
+        """x (B, T, C); expert_ids (B,) the group expert of each sequence, or None. Returns y (B, T, C), aux dict."""
         B, T, C = x.shape
         xf = x.reshape(B * T, C)  # (N, C) tokens
-        token_groups = groups.repeat_interleave(T) if groups is not None else None  # (N,)
-        expert, weight, aux = self.route(xf, token_groups, routing)
+        token_experts = expert_ids.repeat_interleave(T) if expert_ids is not None else None  # (N,)
+        expert, weight, aux = self.route(xf, token_experts, routing)
         y = self.experts_loop(xf, expert, weight) if self.impl == "loop" else self.experts(xf, expert, weight)
         return self.dropout(y.view(B, T, C)), aux
 
@@ -292,10 +296,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.ffn = MoE(config) if moe else MLP(config)  # the FFN slot: dense MLP or MoE
 
-    def forward(self, x, groups=None, routing="learned"):
+    def forward(self, x, expert_ids=None, routing="learned"):
         x = x + self.attn(self.ln_1(x))
         if isinstance(self.ffn, MoE):
-            y, aux = self.ffn(self.ln_2(x), groups, routing)
+            y, aux = self.ffn(self.ln_2(x), expert_ids, routing)
         else:
             y, aux = self.ffn(self.ln_2(x)), {}
         return x + y, aux  # (B, T, C), this layer's aux (empty when dense)
@@ -343,13 +347,14 @@ class GPT(nn.Module):
         """All parameters; the tied embedding / lm_head matrix counted once."""
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx, targets=None, groups=None, routing="learned"):
+    def forward(self, idx, targets=None, expert_ids=None, routing="learned"):
         """
-        idx (B, T) token ids; targets (B, T) or None; groups (B,) int64 expert id per sequence or None.
+        idx (B, T) token ids; targets (B, T) or None; expert_ids (B,) int64 the group expert of each
+        sequence (its language group's), or None.
         routing "learned": router softmax -> top_k -> renormalised weights;
-                "group":   every token of sequence b goes to expert groups[b] with weight 1.
+                "group":   every token of sequence b goes to expert expert_ids[b] with weight 1.
         Returns logits (B, T, V), loss (mean CE, or None), aux (dict of tensors, {} for a dense model):
-          router_ce      mean over MoE layers of CE(router logits, group id)   (when groups is given)
+          router_ce      mean over MoE layers of CE(router logits, group id)   (when expert_ids is given)
           balance        mean over MoE layers of the load-balancing loss        (learned routing only)
           z              mean over MoE layers of the router z-loss
           expert_counts  (n_moe_layers, E) token-slots per expert, detached
@@ -357,15 +362,15 @@ class GPT(nn.Module):
         device = idx.device
         B, T = idx.size()
         assert T <= self.config.block_size, f"sequence of length {T} > block_size {self.config.block_size}"
-        if groups is not None and self.config.moe_layers and not torch.compiler.is_compiling():
+        if expert_ids is not None and self.config.moe_layers and not torch.compiler.is_compiling():
             E = self.config.n_experts
-            if groups.shape != (B,) or groups.min() < 0 or groups.max() >= E:
-                raise ValueError(f"groups must be (B,)={B} expert ids in [0, {E}), got {groups.tolist()}")
+            if expert_ids.shape != (B,) or expert_ids.min() < 0 or expert_ids.max() >= E:
+                raise ValueError(f"expert_ids must be (B,)={B} expert ids in [0, {E}), got {expert_ids.tolist()}")
         pos = torch.arange(0, T, dtype=torch.long, device=device)  # (T,)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         layer_aux = []
         for block in self.transformer.h:
-            x, aux = block(x, groups, routing)
+            x, aux = block(x, expert_ids, routing)
             if aux:
                 layer_aux.append(aux)
         x = self.transformer.ln_f(x)
@@ -395,16 +400,16 @@ class GPT(nn.Module):
         no_decay_names = ("router.weight", ".b_fc", ".b_proj")
         decay = [p for n, p in params.items() if p.dim() >= 2 and not n.endswith(no_decay_names)]
         no_decay = [p for n, p in params.items() if p.dim() < 2 or n.endswith(no_decay_names)]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        param_groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         extra = dict(fused=True) if device_type == "cuda" else dict()
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
+        return torch.optim.AdamW(param_groups, lr=learning_rate, betas=betas, **extra)
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, groups=None, routing="learned"):
-        """Sample max_new_tokens after idx (B, T); groups (B,) keeps each sequence's expert fixed."""
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, expert_ids=None, routing="learned"):
+        """Sample max_new_tokens after idx (B, T); expert_ids (B,) keeps each sequence's expert fixed."""
         for _ in range(max_new_tokens):
             idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
-            logits, _, _ = self(idx_cond, groups=groups, routing=routing)
+            logits, _, _ = self(idx_cond, expert_ids=expert_ids, routing=routing)
             logits = logits[:, -1, :] / temperature  # (B, V)
             if top_k is not None:
                 v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
@@ -419,21 +424,9 @@ class GPT(nn.Module):
 
 
 def save_checkpoint(path, ckpt):
-    """Atomic: write a temp file in the same directory, fsync, then os.replace onto path.
-    A crash mid-save leaves the previous checkpoint intact (and at worst a stray *.tmp)."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """torch.save through common.atomic_open: a crash mid-save leaves the previous checkpoint intact."""
+    with atomic_open(path) as f:
+        torch.save(ckpt, f)
 
 
 def load_checkpoint(path, device="cpu"):

@@ -1,5 +1,5 @@
 """
-Parameter-deviation profiling of languages (PAPER.md step 1).
+Parameter-deviation profiling of languages (docs/METHOD.md §2).
 
 For each language x: copy the dense model, fine-tune ALL its parameters on x alone for a few AdamW
 steps, and measure how far the weights moved, Δθ^x = θ^x - θ:
@@ -48,6 +48,8 @@ import numpy as np
 import torch
 
 import group
+import plots
+from common import save_json
 
 # -----------------------------------------------------------------------------
 # which weights count
@@ -103,13 +105,17 @@ def finetune_deltas(model, data, lang, names, steps, lr, batch_size, block_size,
                 x, y = data.get_batch("train", lang, batch_size, block_size, gen, device)  # (B, T) each
                 out = m(x, y)
                 loss = out[1] if isinstance(out, tuple) else out
+                losses[0 if step == 0 else 1] = loss.item()
+                if not math.isfinite(losses[0 if step == 0 else 1]):
+                    raise FloatingPointError(f"{lang}: the fine-tuning loss is not finite at step {step + 1}")
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-                losses[0 if step == 0 else 1] = loss.item()
             if steps == 1:
                 losses[1] = losses[0]
     deltas = {n: p.detach().float() - before[n] for n, p in m.named_parameters() if n in names}
+    if not all(torch.isfinite(d).all() for d in deltas.values()):
+        raise FloatingPointError(f"{lang}: the fine-tuned weights are not finite after {steps} steps")
     return deltas, losses
 
 def _norm(deltas, names):
@@ -120,7 +126,7 @@ def _norm(deltas, names):
 
 def profile_languages(model, data, langs, steps=10, lr=1e-4, batch_size=16, block_size=None,
                       last_layers=None, seed=0, device="cpu", repeats=3, progress=True, rank=0, world=1):
-    """Profile every language in `langs` (PAPER.md step 1). `data` needs only
+    """Profile every language in `langs` (docs/METHOD.md §2). `data` needs only
     get_batch(split, lang, batch_size, block_size, generator, device) -> (x, y), e.g. data.Dataset.
 
     Defaults, scaled down from the paper (10 steps, lr 8e-6, batch 2048 x 512 tokens on BLOOM-560M):
@@ -130,7 +136,7 @@ def profile_languages(model, data, langs, steps=10, lr=1e-4, batch_size=16, bloc
                      GPT's pre-training peak) so that it moves measurably yet stays near the dense model.
       batch_size=16  x block_size (default: the model's) tokens per step.
       last_layers    None -> default_last_layers(n_layer) (the paper's last eighth, >= 1 layer).
-      repeats=3      independent batch draws (seeds seed, seed+1, ...). PAPER.md's small trial found
+      repeats=3      independent batch draws (seeds seed, seed+1, ...). A small trial (docs/METHOD.md §2) found
                      the grouping fragile with ~20k tokens per language, so deviations are averaged:
                      ffn_dev/attn_dev = mean over repeats of the per-run norms (same scale as one run),
                      vectors = mean over repeats of the deltas (noise averages out); the per-repeat
@@ -231,7 +237,7 @@ def profile_languages(model, data, langs, steps=10, lr=1e-4, batch_size=16, bloc
 def summary(prof):
     """Short text summary: similarity heatmap (language order as given) and per-layer mean deviations."""
     langs = prof["langs"]
-    lines = [group.heatmap(prof["similarity"], langs)]
+    lines = [plots.text_similarity(prof["similarity"], langs)]
     if prof.get("repeat_corr") is not None:
         lines.append(f"repeat stability: mean correlation of off-diagonal similarities between repeats "
                      f"{prof['repeat_corr']:.3f}")
@@ -239,7 +245,7 @@ def summary(prof):
     A = np.mean([prof["attn_dev"][l] for l in langs], axis=0)
     lines.append(f"per-layer mean deviation (vector layers {prof['vector_layers']}):")
     for l in range(len(D)):
-        lines.append(f"  layer {l:3d}  ffn {D[l]:.3e} {group._bar(D[l], D.max()):<24s} attn {A[l]:.3e}")
+        lines.append(f"  layer {l:3d}  ffn {D[l]:.3e} {plots.text_bar(D[l], D.max()):<24s} attn {A[l]:.3e}")
     return "\n".join(lines)
 
 def cli(argv=None):
@@ -274,7 +280,7 @@ def cli(argv=None):
                              seed=args.seed, device=device, repeats=args.repeats)
     vectors = prof.pop("vectors")
     print(summary(prof))
-    group.save_json(prof, args.out)
+    save_json(prof, args.out)
     print(f"wrote {args.out}")
     if args.vectors:
         np.save(args.vectors, vectors)

@@ -19,10 +19,10 @@ def no_text_packages(monkeypatch):
     """This process as on a machine without notofonttools, django and kolibri (and their versions)."""
     import importlib.metadata
 
-    import data
+    import corpus
 
     def missing(pkg):
         raise importlib.metadata.PackageNotFoundError(pkg)
-    monkeypatch.setattr(data, "_udhr_dir", lambda: None)
-    monkeypatch.setattr(data, "_catalog_roots", lambda: [])
+    monkeypatch.setattr(corpus, "_udhr_dir", lambda: None)
+    monkeypatch.setattr(corpus, "_catalog_roots", lambda: [])
     monkeypatch.setattr(importlib.metadata, "version", missing)

@@ -1,4 +1,4 @@
-"""New-language adaptation (PAPER.md step 6): a new expert, only MoE weights move, old languages intact."""
+"""New-language adaptation (docs/METHOD.md §7): a new expert, only MoE weights move, old languages intact."""
 import json
 
 import pytest
@@ -67,8 +67,8 @@ def test_adaptation_old_logits_under_group_routing_are_unchanged(run):
         x, y = ds.eval_windows(lang, "val", 64, 2)
         g = torch.full((x.size(0),), l2e[lang])
         with torch.no_grad():
-            a, _, _ = before(x, groups=g, routing="group")
-            b, _, _ = after(x, groups=g, routing="group")
+            a, _, _ = before(x, expert_ids=g, routing="group")
+            b, _, _ = after(x, expert_ids=g, routing="group")
         assert torch.equal(a, b), lang
 
 

@@ -1,8 +1,8 @@
-"""Tests for data.py: corpus cleaning, tokenizer, cache, splits and batches (CPU, a few seconds)."""
+"""Tests for data.py: tokenizer, cache, splits, batches, user corpora prepared (CPU, a few seconds).
+How the text is read and cleaned: tests/test_corpus.py."""
 import json
 import os
 import random
-import re
 import sys
 
 import numpy as np
@@ -10,8 +10,10 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import corpus  # noqa: E402
 import data  # noqa: E402
-from data import Dataset, Tokenizer, prepare, resolve_langs  # noqa: E402
+from corpus import resolve_langs  # noqa: E402
+from data import Dataset, Tokenizer, prepare  # noqa: E402
 
 LANGS = ["fr", "ja", "ta"]  # three scripts, small enough to prepare in about a second
 VOCAB = 1024
@@ -24,8 +26,8 @@ VOCAB = 1024
 def docs18():
     """A few documents of every bundled 18 language (UDHR articles and catalog text)."""
     out = {}
-    for lang in data.LANGS_18:
-        docs = data.bundled_documents(lang)
+    for lang in corpus.LANGS_18:
+        docs = corpus.bundled_documents(lang)
         out[lang] = [d.text for d in docs[:3]] + [d.text for d in docs if d.tag.startswith("catalog")][:3]
     return out
 
@@ -49,108 +51,6 @@ def split_docs(ds, lang, split):
     ends = np.nonzero(toks == ds.tokenizer.eot)[0]
     assert len(toks) == 0 or ends[-1] == len(toks) - 1, "every document ends with EOT"
     return [ds.tokenizer.decode(d) for d in np.split(toks, ends + 1)[:-1]]
-
-
-# -----------------------------------------------------------------------------
-# languages
-
-def test_resolve_langs(capsys):
-    assert resolve_langs("18") == data.LANGS_18
-    assert resolve_langs("ar, de,fr") == ["ar", "de", "fr"]
-    assert resolve_langs(["ar", "de"]) == ["ar", "de"]
-    assert capsys.readouterr().out == ""  # nothing left out, nothing to say
-    assert resolve_langs("3") == ["am", "ar", "az"]  # first 3 of the 128 list with text
-    assert capsys.readouterr().out.count("\n") == 1  # ... and a note that av was passed over
-    assert len(data.LANGS_128) == 128 and data.LANGS_128[:3] == ["am", "ar", "av"]
-    for bad, name in [("ar,xx,de", "xx"), ("av", "av"), (["fr", "ce"], "ce")]:  # an explicit list must have text
-        with pytest.raises(ValueError) as e:
-            resolve_langs(bad)
-        msg = str(e.value)
-        assert name in msg and "available" in msg and "\n" not in msg and "fr" in msg
-    with pytest.raises(ValueError):
-        resolve_langs("500")
-
-
-def test_resolve_128_leaves_out_languages_without_text(capsys):
-    """--langs 128 on the bundled corpus: the languages that have text, in paper order, and one line
-    naming the rest."""
-    missing = [c for c in data.LANGS_128 if not data.has_bundled_text(c)]
-    assert set(missing) >= {"av", "ce", "grc", "gsw", "kaa", "sd"}
-    langs = resolve_langs("128")
-    assert langs == [c for c in data.LANGS_128 if c not in missing] and len(langs) == 128 - len(missing)
-    out = capsys.readouterr().out
-    assert out.count("\n") == 1 and out.startswith("note:") and f"{len(missing)} of the 128" in out
-    assert out.split(": ")[-1].split(" (")[0].split() == missing and "--data_dir" in out
-    assert resolve_langs(langs) == langs and capsys.readouterr().out == ""  # an explicit list: no note
-
-
-def test_every_18_language_has_text():
-    for lang in data.LANGS_18:
-        assert data.udhr_file(lang) is not None, lang
-        arts = dict(data.udhr_articles(lang))
-        assert set(range(1, 31)) <= set(arts), lang
-    assert os.path.basename(data.udhr_file("zh")) == "udhr_cmn_hans.xml"
-    assert os.path.basename(data.udhr_file("ar")) == "udhr_arb.xml"
-
-
-# -----------------------------------------------------------------------------
-# catalog cleaning
-
-def test_parse_po(tmp_path):
-    po = tmp_path / "django.po"
-    po.write_text(r'''# header comment
-msgid ""
-msgstr ""
-"Content-Type: text/plain; charset=UTF-8\n"
-
-msgid "Hello"
-msgstr "Bonjour"
-
-#, fuzzy
-msgid "Guess"
-msgstr "Devine"
-
-msgid "Untranslated"
-msgstr ""
-
-msgctxt "ctx"
-msgid ""
-"Long "
-"source"
-msgstr ""
-"Une longue "
-"phrase \"citée\"\n"
-
-msgid "%(n)s item"
-msgid_plural "%(n)s items"
-msgstr[0] "%(n)s objet"
-msgstr[1] "%(n)s objets"
-
-#~ msgid "Old"
-#~ msgstr "Vieux"
-''', encoding="utf-8")
-    pairs = data.parse_po(str(po))
-    assert pairs == [("Hello", "Bonjour"), ("Long source", 'Une longue phrase "citée"\n'),
-                     ("%(n)s item", "%(n)s objet"), ("%(n)s items", "%(n)s objets")]
-
-
-def test_clean_message():
-    c = data.clean_message
-    assert c("{count, plural, one {# item} other {# items}} left") == ["item left", "items left"]
-    assert c("%(name)s a modifié « %(obj)s » le %d/%s.") == ["a modifié le /."]
-    assert c("Sera copié sur '{classroomName}' ({ n })") == ["Sera copié sur"]
-    assert c("<b>Bonjour</b>&nbsp;&amp;   salut\n") == ["Bonjour & salut"]
-    assert c("100 %% sûr") == ["100 % sûr"]
-    assert c("{0} %s 42") == []  # no letters left
-    assert c("{n, select, male {il} female {elle} other {iel}} part") == ["il part", "elle part", "iel part"]
-
-
-def test_catalog_strings_are_clean():
-    strings = data.catalog_strings("fr")
-    assert len(strings) > 1000 and len(set(strings)) == len(strings)
-    for s in strings:
-        assert "%(" not in s and "{" not in s and "}" not in s and "<" not in s and s == s.strip()
-        assert "\n" not in s and any(ch.isalpha() for ch in s)
 
 
 # -----------------------------------------------------------------------------
@@ -204,6 +104,17 @@ def test_state_dict_roundtrip(tok18, docs18):
         Tokenizer.train(["abc"], 1000)  # not a multiple of 64
 
 
+def test_encode_rejects_lone_surrogates(tok18):
+    """A lone surrogate has no UTF-8 bytes: encode refuses it (it used to become U+FFFD silently), so
+    "every valid Unicode string round-trips" is exact."""
+    for text, pos in (("ab\ud800c", 2), ("\udfff", 0), ("😀 x \udc80", 4)):
+        with pytest.raises(ValueError) as e:
+            tok18.encode(text)
+        msg = str(e.value)
+        assert "surrogate" in msg and f"character {pos}" in msg and f"U+{ord(text[pos]):04X}" in msg
+    assert tok18.decode(tok18.encode("😀 \U0001F600")) == "😀 😀"  # a surrogate *pair* escape is one character
+
+
 # -----------------------------------------------------------------------------
 # prepared corpus
 
@@ -234,15 +145,15 @@ def test_splits_disjoint_and_complete(built):
         assert not (sets["train"] & sets["val"]) and not (sets["train"] & sets["parallel"])
         assert not (sets["val"] & sets["parallel"])
         # together the splits are exactly the language's documents
-        assert sorted(sum(parts.values(), [])) == sorted(d.text for d in data.bundled_documents(lang))
+        assert sorted(sum(parts.values(), [])) == sorted(d.text for d in corpus.bundled_documents(lang))
 
 
 def test_parallel_split_is_the_same_articles(built):
     ds = built[0]
     for lang in LANGS:
-        assert ds.meta["sources"][lang]["parallel_articles"] == list(data.PARALLEL_ARTICLES)
-        arts = dict(data.udhr_articles(lang))
-        assert split_docs(ds, lang, "parallel") == [arts[n] for n in data.PARALLEL_ARTICLES]
+        assert ds.meta["sources"][lang]["parallel_articles"] == list(corpus.PARALLEL_ARTICLES)
+        arts = dict(corpus.udhr_articles(lang))
+        assert split_docs(ds, lang, "parallel") == [arts[n] for n in corpus.PARALLEL_ARTICLES]
 
 
 def test_load_without_tiktoken(built, monkeypatch):
@@ -258,7 +169,7 @@ def test_prepared_cache_without_the_text_packages(built, no_text_packages, capsy
     """A GPU node that got only data_cache/ (kolibri alone is 350 MB): the cache's languages are the
     available ones, prepare() reuses it for the same settings, anything else is a one-line error."""
     ds0 = built[0]
-    assert not data.bundled_installed()
+    assert not corpus.bundled_installed()
     with pytest.raises(ValueError, match="bundled-text packages .* not installed"):
         resolve_langs("18")
     assert resolve_langs("18", cache=ds0.out_dir) == ["fr", "ja", "ta"]  # the cache's, in the 18 order
@@ -348,7 +259,7 @@ def test_user_corpora(tmp_path):
             f.write(json.dumps({"text": t, "url": "x"}) + "\n")
         f.write("\n")  # blank lines are ignored
     (d / "bb.txt").write_text("\n\n".join(tdocs) + "\n\n\n", encoding="utf-8")
-    assert data.available_langs(str(d)) == ["aa", "bb"]
+    assert corpus.available_langs(str(d)) == ["aa", "bb"]
     with pytest.raises(ValueError, match="none of the 18 languages has text"):
         resolve_langs("18", str(d))
     with pytest.raises(ValueError) as e:
@@ -363,46 +274,6 @@ def test_user_corpora(tmp_path):
         assert not set(split_docs(ds, lang, "train")) & set(split_docs(ds, lang, "val"))
     with pytest.raises(ValueError):
         ds.eval_windows("aa", "parallel", 8, 1)
-
-
-def test_bad_jsonl(tmp_path):
-    p = tmp_path / "xx.jsonl"
-    p.write_text('{"text": "ok"}\n\n{"text": "broken\n', encoding="utf-8")
-    with pytest.raises(ValueError) as e:
-        list(data.read_user_documents(str(p)))
-    assert f"{p}:3:" in str(e.value) and "\n" not in str(e.value)
-    p.write_text('{"text": "ok"}\n{"body": "no text field"}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=":2:"):
-        list(data.read_user_documents(str(p)))
-    p.write_text('{"text": "a"}\n{"text": "b"}\nnot json\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=":3:"):
-        prepare("xx", str(tmp_path / "out"), vocab_size=320, data_dir=str(tmp_path))
-    assert os.listdir(tmp_path / "out") == []  # scratch files cleaned up, no meta.json
-
-
-def test_byte_ranges(tmp_path):
-    """Reading a user file range by range gives exactly its documents, whatever the cut size."""
-    rng = random.Random(0)
-    words = ["мир", "paz", "平和", "amani"]
-    docs = [" ".join(rng.choices(words, k=rng.randrange(1, 30))) + f" {i}" for i in range(200)]
-    (tmp_path / "aa.jsonl").write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" * rng.randrange(1, 3)
-                                               for t in docs), encoding="utf-8")
-    (tmp_path / "bb.txt").write_text("\n\n" + "\n\n\n".join(t.replace(" 1", "\n1") for t in docs), encoding="utf-8")
-    for path in (str(tmp_path / "aa.jsonl"), str(tmp_path / "bb.txt")):
-        whole = [d.text for d in data.read_user_documents(path)]
-        assert len(whole) == len(docs)
-        for chunk_bytes in (1, 7, 100, 1000, 1 << 20):
-            ranges = data.byte_ranges(path, chunk_bytes)
-            assert ranges[0][0] == 0 and ranges[-1][1] == os.path.getsize(path)
-            assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
-            assert [d.text for r in ranges for d in data.read_user_documents(path, *r)] == whole
-    # an error in a later range still names the line of the file
-    p = tmp_path / "cc.jsonl"
-    p.write_text('{"text": "a"}\n' * 50 + "not json\n" + '{"text": "b"}\n' * 50, encoding="utf-8")
-    start, end = [r for r in data.byte_ranges(str(p), 100) if r[0] <= 14 * 50 < r[1]][0]  # line 51 at byte 700
-    assert start > 0
-    with pytest.raises(ValueError, match=re.escape(f"{p}:51: not valid JSON")):
-        list(data.read_user_documents(str(p), start, end))
 
 
 def _write_corpus(d, n_bytes):
@@ -475,3 +346,27 @@ def test_prepare_with_a_given_vocabulary(tmp_path):
     # a different given vocabulary is a different cache (never reused by mistake)
     third = prepare(["ru"], str(tmp_path / "b"), tokenizer=prepare(["de"], str(tmp_path / "c"), vocab_size=512).tokenizer)
     assert third.meta["fingerprint"] != other.meta["fingerprint"]
+
+
+def test_one_document_language(tmp_path):
+    """Splits are by document: a language that is one long document gets an empty val split, and the
+    error says so (more text in the same document would not help)."""
+    d = tmp_path / "corpus"
+    d.mkdir()
+    words = "alpha beta gamma delta epsilon zeta eta theta".split()
+    (d / "aa.jsonl").write_text(json.dumps({"text": " ".join(words * 300)}) + "\n", encoding="utf-8")
+    (d / "bb.jsonl").write_text("".join(json.dumps({"text": f"{w} doc {i}"}) + "\n" for i, w in enumerate(words)))
+    ds = prepare("aa,bb", str(tmp_path / "out"), vocab_size=320, data_dir=str(d))
+    assert ds.meta["stats"]["aa"]["train"]["docs"] == 1 and len(ds.tokens("aa", "train")) > 1000
+    with pytest.raises(ValueError) as e:
+        ds.eval_windows("aa", "val", 64, 1)
+    msg = str(e.value)
+    assert "aa/val has 0 tokens" in msg and "aa has 1 document " in msg and "split its text" in msg
+    assert "\n" not in msg
+
+
+def test_default_cache():
+    """train.py's cache name (the same as before for the arguments it had), and the cap's suffix."""
+    assert data.default_cache("18", 8192) == os.path.join("data_cache", "18-v8192")
+    assert data.default_cache("ar,de", 512, 2, "/x/CulturaX/") == os.path.join("data_cache", "ar_de-v512-split2-CulturaX")
+    assert data.default_cache("ar,de", 512, 0, "", 10 ** 8) == os.path.join("data_cache", "ar_de-v512-max100000000")

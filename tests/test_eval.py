@@ -1,4 +1,4 @@
-"""eval.py: metrics, forced routing, routing analysis, pictures and the CLI on tiny models and a fake corpus."""
+"""eval.py: metrics, forced routing, routing analysis, seed summaries and the CLI on tiny models and a fake corpus."""
 import json
 import math
 import os
@@ -75,16 +75,23 @@ def data():
     return FakeData()
 
 
-L2E = {"aa": 0, "bb": 2, "cc": 1}
+LANG_TO_EXPERT = {"aa": 0, "bb": 2, "cc": 1}
 
 
-def test_forced_routing_equals_group_routing(data):
+def test_forced_routing_equals_group_routing(data, tmp_path, monkeypatch):
     moe = tiny_moe()
-    grouped = E.evaluate(moe, data, LANGS, routing="group", lang_to_expert=L2E, max_windows=4, batch_size=3)
+    grouped = E.evaluate(moe, data, LANGS, routing="group", lang_to_expert=LANG_TO_EXPERT, max_windows=4, batch_size=3)
     for lang in LANGS:
-        forced = E.evaluate(moe, data, [lang], force_expert=L2E[lang], max_windows=4, batch_size=3)[lang]
+        forced = E.evaluate(moe, data, [lang], force_expert=LANG_TO_EXPERT[lang], max_windows=4, batch_size=3)[lang]
         assert forced == grouped[lang]
-        assert E.evaluate(moe, data, [lang], routing=f"expert:{L2E[lang]}", max_windows=4, batch_size=3)[lang] == forced
+    # the command line's --routing expert:E is force_expert=E (one way to force an expert)
+    _save(tmp_path / "moe.pt", moe, LANG_TO_EXPERT, "dmoe")
+    monkeypatch.setattr(E, "load_dataset", lambda path: data)
+    cli = E.main([str(tmp_path / "moe.pt"), "--routing", "expert:2", "--max_windows", "4", "--batch_size", "3",
+                  "--device", "cpu"])["moe"]
+    assert cli == E.evaluate(moe, data, LANGS, force_expert=2, max_windows=4, batch_size=3)
+    with pytest.raises(ValueError, match="unknown routing"):
+        E.evaluate(moe, data, ["aa"], routing="expert:1", max_windows=1)
     # the forcing is real: different experts give different losses
     losses = [E.evaluate(moe, data, ["aa"], force_expert=e, max_windows=4)["aa"]["loss"] for e in range(3)]
     assert len(set(losses)) == 3
@@ -98,17 +105,17 @@ def test_forced_routing_equals_group_routing(data):
 
 def test_routing_matrix_rows_sum_to_one(data):
     moe = tiny_moe()
-    rm = E.routing_matrix(moe, data, LANGS, lang_to_expert=L2E, max_windows=4, batch_size=2)
+    rm = E.routing_matrix(moe, data, LANGS, lang_to_expert=LANG_TO_EXPERT, max_windows=4, batch_size=2)
     assert rm["layers"] == [0, 1]
     assert rm["matrix"].shape == (2, 3, 3)
     np.testing.assert_allclose(rm["matrix"].sum(-1), 1.0, atol=1e-6)
     np.testing.assert_allclose(rm["load"].sum(-1), 1.0, atol=1e-6)
     assert rm["load_cv"].shape == (2,) and (rm["load_cv"] >= 0).all()
     for li, lang in enumerate(LANGS):
-        np.testing.assert_allclose(rm["own_group_share"][:, li], rm["matrix"][:, li, L2E[lang]])
+        np.testing.assert_allclose(rm["own_group_share"][:, li], rm["matrix"][:, li, LANG_TO_EXPERT[lang]])
     for k in ("top1", "prob"):
         np.testing.assert_allclose(rm[k].sum(-1), 1.0, atol=1e-6)
-    text = E.routing_report(rm, L2E)
+    text = E.routing_report(rm, LANG_TO_EXPERT)
     assert "layer 0" in text and "load" in text and "own" in text and "token-slots" in text
     # top_k = E: every token uses every expert, so the report shows first choices instead
     two = E.routing_matrix(tiny_moe(n_experts=2), data, LANGS, max_windows=2)
@@ -126,13 +133,13 @@ class UniformModel(nn.Module):
         self.config = SimpleNamespace(block_size=T, moe_layers=[], n_experts=0)
         self.dummy = nn.Parameter(torch.zeros(1))
 
-    def forward(self, idx, targets=None, groups=None, routing="learned"):
-        assert groups is None   # dense models get no routing arguments
+    def forward(self, idx, targets=None, expert_ids=None, routing="learned"):
+        assert expert_ids is None   # dense models get no routing arguments
         return torch.zeros(*idx.shape, V) + 0 * self.dummy, None, {}
 
 
 def test_bits_per_byte_by_hand(data):
-    res = E.evaluate(UniformModel(), data, ["bb"], max_windows=5, routing="group", lang_to_expert=L2E,
+    res = E.evaluate(UniformModel(), data, ["bb"], max_windows=5, routing="group", lang_to_expert=LANG_TO_EXPERT,
                      batch_size=2)["bb"]
     tb = FakeTokenizer().token_bytes()
     _, y = data.eval_windows("bb", "val", T, 5)
@@ -147,18 +154,18 @@ def test_bits_per_byte_by_hand(data):
     assert s["ppl"] == pytest.approx(1.5 * V, rel=1e-5) and s["n_langs"] == 2
 
 
-def _save(path, model, l2e, stage):
+def _save(path, model, lang_to_expert, stage):
     M.save_checkpoint(str(path), {
         "model": model.state_dict(), "model_args": asdict(model.config), "config": {"data_cache": "unused"},
-        "vocab": {}, "langs": LANGS, "groups": None if l2e is None else [["aa"], ["cc"], ["bb"]],
-        "lang_to_expert": l2e, "stage": stage, "step": 0})
+        "vocab": {}, "langs": LANGS, "groups": None if lang_to_expert is None else [["aa"], ["cc"], ["bb"]],
+        "lang_to_expert": lang_to_expert, "stage": stage, "step": 0})
 
 
 def test_dense_checkpoint_and_upcycled_moe_agree(data, tmp_path, monkeypatch, capsys):
     dense = tiny_dense()
     moe = U.upcycle(dense, [0, 1], 3, top_k=2, seed=0)
     d = E.evaluate(dense, data, LANGS, max_windows=3)
-    for kw in ({}, {"routing": "group", "lang_to_expert": L2E}, {"force_expert": 2}):
+    for kw in ({}, {"routing": "group", "lang_to_expert": LANG_TO_EXPERT}, {"force_expert": 2}):
         m = E.evaluate(moe, data, LANGS, max_windows=3, **kw)
         for lang in LANGS:
             assert m[lang]["loss"] == pytest.approx(d[lang]["loss"], abs=1e-5)
@@ -166,7 +173,7 @@ def test_dense_checkpoint_and_upcycled_moe_agree(data, tmp_path, monkeypatch, ca
     # the same through checkpoints and the command line (run dir: cpt/ckpt.pt and moe.pt)
     os.makedirs(tmp_path / "cpt")
     _save(tmp_path / "cpt" / "ckpt.pt", dense, None, "cpt")
-    _save(tmp_path / "moe.pt", moe, L2E, "dmoe")
+    _save(tmp_path / "moe.pt", moe, LANG_TO_EXPERT, "dmoe")
     monkeypatch.setattr(E, "load_dataset", lambda path: data)
     res = E.main([str(tmp_path), "--routing", "group", "--max_windows", "3", "--device", "cpu",
                   "--routing_analysis", "--affinity"])
@@ -184,7 +191,7 @@ def test_expert_affinity(data):
     assert aff.shape == (3, 3) and np.isfinite(aff).all()
     best = E.most_similar_expert(langs=LANGS, affinity=aff)
     assert best == {l: int(np.argmin(aff[i])) for i, l in enumerate(LANGS)}
-    assert "best" in E.affinity_report(aff, LANGS, L2E)
+    assert "best" in E.affinity_report(aff, LANGS, LANG_TO_EXPERT)
 
 
 def test_compare_table_fits_terminal():
@@ -198,75 +205,6 @@ def test_compare_table_fits_terminal():
     assert "no baseline" in E.compare_table(res, baseline="nope")
 
 
-# -- pictures ------------------------------------------------------------------------------------------
-
-def _picture_inputs(tmp_path):
-    rng = np.random.default_rng(0)
-    prof = {"langs": LANGS, "ffn_dev": {l: list(rng.random(4)) for l in LANGS},
-            "attn_dev": {l: list(rng.random(4)) for l in LANGS},
-            "similarity": [[1.0, 0.2, 0.1], [0.2, 1.0, 0.3], [0.1, 0.3, 1.0]]}
-    groups = {"groups": [["aa", "cc"], ["bb"]], "moe_layers": [0, 3]}
-    run = tmp_path / "run"
-    os.makedirs(run / "logs")
-    (run / "logs" / "cpt.jsonl").write_text("\n".join(
-        [f'{{"step": {s}, "tokens": {100 * s}, "loss": {4 - 0.1 * s}}}' for s in range(1, 11)]
-        + ['{"step": 10, "tokens": 1000, "loss": 3.0, "val_loss": 3.1}', "garbage {", "[1, 2]"]))
-    (run / "logs" / "dmoe_stage1.jsonl").write_text(
-        "\n".join(f'{{"step": {s}, "tokens": {100 * s}, "loss": {4 - 0.1 * s}}}' for s in range(1, 4)))
-    (run / "logs" / "dmoe.jsonl").write_text(
-        "\n".join(f'{{"step": {s}, "tokens": {100 * s}, "loss": {3.7 - 0.1 * s}}}' for s in range(1, 8)))
-    os.makedirs(run / "old")
-    (run / "old" / "log.txt").write_text("step 00001/00010 | loss 3.50 | dt 5ms\nstep 2 | loss 3.4 | val_loss 3.6\n")
-    return prof, groups, run
-
-
-def test_read_logs_is_tolerant(tmp_path):
-    _, _, run = _picture_inputs(tmp_path)
-    logs = E.read_logs(str(run))
-    assert set(logs) == {"cpt", "dmoe_stage1", "dmoe", "old"}
-    assert len(logs["cpt"]) == 11 and logs["cpt"][-1]["val_loss"] == 3.1
-    assert logs["old"][1] == {"step": 2.0, "loss": 3.4, "val_loss": 3.6}
-    merged = E.merge_stages(logs)
-    assert set(merged) == {"cpt", "dmoe", "old"}
-    toks = [r["tokens"] for r in merged["dmoe"]]
-    assert len(toks) == 10 and toks == sorted(toks) and toks[-1] == 1000
-
-
-def test_pictures_written(data, tmp_path):
-    pytest.importorskip("matplotlib")
-    prof, groups, run = _picture_inputs(tmp_path)
-    rm = E.routing_matrix(tiny_moe(), data, LANGS, lang_to_expert=L2E, max_windows=2)
-    paths = [E.plot_deviation(prof, str(tmp_path / "dev.png")),
-             E.plot_similarity(prof, groups, str(tmp_path / "sim.png")),
-             E.plot_curves(str(run), str(tmp_path / "curves.png")),
-             E.plot_routing(rm, str(tmp_path / "routing.png"), L2E)]
-    for p in paths:
-        assert p is not None and os.path.getsize(p) > 1000
-        with open(p, "rb") as f:
-            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-
-
-def test_pictures_text_fallback(data, tmp_path, monkeypatch, capsys):
-    for name in ("matplotlib", "matplotlib.pyplot"):
-        monkeypatch.setitem(sys.modules, name, None)   # `import matplotlib` now raises ImportError
-    prof, groups, run = _picture_inputs(tmp_path)
-    rm = E.routing_matrix(tiny_moe(), data, LANGS, lang_to_expert=L2E, max_windows=2)
-    assert E.plot_deviation(prof, str(tmp_path / "dev.png")) is None
-    assert E.plot_similarity(prof, groups, str(tmp_path / "sim.png")) is None
-    assert E.plot_curves(str(run), str(tmp_path / "curves.png")) is None
-    assert E.plot_routing(rm, str(tmp_path / "routing.png"), L2E) is None
-    out = capsys.readouterr().out
-    assert not list(tmp_path.glob("*.png"))
-    assert "ffn" in out and "attn" in out                       # deviation sparklines / bars
-    assert "similarity" in out and "┼" in out    # similarity heatmap, ordered by group, with group lines
-    assert "aa" in out and "cc" in out
-    assert "cpt" in out and "dmoe" in out and "dmoe_stage1" not in out   # stages merged
-    assert "routing, layer 0" in out and "█" in out
-    # the order by group: aa, cc, bb
-    sim = out[out.index("language similarity"):]
-    assert sim.index("\naa") < sim.index("\ncc") < sim.index("\nbb")
-
-
 # -- a real (tiny) corpus through data.py and the command line ------------------------------------------
 
 def test_real_corpus_cli(tmp_path, capsys):
@@ -277,11 +215,11 @@ def test_real_corpus_cli(tmp_path, capsys):
     torch.manual_seed(0)
     dense = M.GPT(M.GPTConfig(vocab_size=ds.tokenizer.vocab_size, block_size=T, n_layer=1, n_head=2, n_embd=16))
     moe = U.upcycle(dense, [0], 2, top_k=2)
-    for name, m, l2e in (("cpt", dense, None), ("dmoe", moe, {"de": 0, "ru": 1})):
+    for name, m, lang_to_expert in (("cpt", dense, None), ("dmoe", moe, {"de": 0, "ru": 1})):
         M.save_checkpoint(str(tmp_path / "run" / f"{name}.pt"), {
             "model": m.state_dict(), "model_args": asdict(m.config), "config": {"data_cache": cache},
             "vocab": ds.tokenizer.state_dict(), "langs": ["de", "ru"], "groups": None,
-            "lang_to_expert": l2e, "stage": name})
+            "lang_to_expert": lang_to_expert, "stage": name})
     res = E.main([str(tmp_path / "run"), "--split", "parallel", "--max_windows", "4", "--routing", "group",
                   "--device", "cpu"])
     out = capsys.readouterr().out
@@ -329,3 +267,62 @@ def test_run_dir_does_not_mix_in_subdirectories(tmp_path):
         (tmp_path / f).write_bytes(b"")
     assert [v for v, _ in E.find_checkpoints([str(tmp_path)])] == ["base", "cpt", "dmoe"]
     assert [v for v, _ in E.find_checkpoints([str(tmp_path / "adapt-be")])] == ["adapt_similar"]
+
+
+def test_seed_summary_prints_group_agreement(tmp_path, capsys):
+    """Run directories holding results.json -> the seed summary and the pairwise ARI of their groups."""
+    groups = [[["aa", "bb"], ["cc", "dd"]], [["dd", "cc"], ["bb", "aa"]], [["aa", "cc"], ["bb", "dd"]]]
+    for i, g in enumerate(groups):
+        os.makedirs(tmp_path / f"s{i}")
+        c = 10.0 + i
+        json.dump({"variants": {"cpt": {"aa": {"loss": math.log(c), "ppl": c, "bpb": 1.0}}}, "groups": g},
+                  open(tmp_path / f"s{i}" / "results.json", "w"))
+    runs = E.main([str(tmp_path / f"s{i}") for i in range(3)])
+    assert len(runs) == 3
+    out = capsys.readouterr().out
+    assert "11.00 ±  1.00" in out and "adjusted Rand index" in out
+    pairs = [l.split() for l in out.splitlines() if l.startswith("  ") and str(tmp_path) in l]
+    ari = {(a[-1], b[-1]): float(v) for a, b, v in pairs}      # keyed by the last character of the names
+    assert ari == {("0", "1"): 1.0, ("0", "2"): -0.5, ("1", "2"): -0.5}   # same groups relabelled; crossed
+    assert "mean 0.000, min -0.500 over 3 pairs" in out
+
+
+def test_cli_one_line_errors(tmp_path):
+    """Bad input ends in SystemExit with a message (no traceback); evaluating nothing is an error."""
+    bad_pt = tmp_path / "bad" / "dmoe.pt"
+    os.makedirs(bad_pt.parent)
+    bad_pt.write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="non-empty prompt"):
+        E.main([str(bad_pt), "--sample", "", "--device", "cpu"])
+    with pytest.raises(SystemExit, match="not a readable checkpoint"):
+        E.main([str(bad_pt), "--sample", "a", "--device", "cpu"])
+    with pytest.raises(SystemExit, match="nothing evaluated"):      # its only checkpoint is skipped
+        E.main([str(bad_pt.parent), "--device", "cpu"])
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"variants": {"cpt": {"aa": {"loss": 1.0, "ppl": math.e, "bpb": 1.0}}}}))
+    not_json, not_results = tmp_path / "a.json", tmp_path / "b.json"
+    not_json.write_text("{ not json")
+    not_results.write_text("[1, 2]")
+    for paths in ([not_json], [not_json, good], [good, not_results]):
+        with pytest.raises(SystemExit, match=r"\.json: not a (readable JSON file|train.py results.json)"):
+            E.main([str(p) for p in paths])
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"variants": {}}))
+    with pytest.raises(SystemExit, match="nothing evaluated"):
+        E.main([str(empty)])
+
+
+def test_cli_pictures_without_matplotlib(data, tmp_path, monkeypatch, capsys):
+    """--pictures goes through plots.write_pictures: without matplotlib every picture prints as text."""
+    for name in ("matplotlib", "matplotlib.pyplot"):
+        monkeypatch.setitem(sys.modules, name, None)
+    _save(tmp_path / "dmoe.pt", tiny_moe(), LANG_TO_EXPERT, "dmoe")
+    os.makedirs(tmp_path / "logs")
+    (tmp_path / "logs" / "dmoe.jsonl").write_text('{"step": 1, "tokens": 64, "loss": 4.0, "lr": 0.001}\n')
+    (tmp_path / "groups.json").write_text(json.dumps(
+        {"langs": LANGS, "groups": [["aa"], ["cc"], ["bb"]], "similarity": np.eye(3).tolist()}))
+    monkeypatch.setattr(E, "load_dataset", lambda path: data)
+    E.main([str(tmp_path), "--pictures", str(tmp_path / "pics"), "--max_windows", "2", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "routing of dmoe, layer 0" in out and "language similarity" in out and "training curves" in out
+    assert os.path.isdir(tmp_path / "pics") and not list((tmp_path / "pics").iterdir())

@@ -159,7 +159,7 @@ def test_make_groups(method):
     g = G.make_groups(prof, 6, method, eps=0.6, seed=0)
     assert g["method"] == method and g["k"] == 6 and g["langs"] == LANGS_18
     assert sorted(l for grp in g["groups"] for l in grp) == sorted(LANGS_18)
-    assert all(g["groups"][g["lang_to_group"][l]].count(l) == 1 for l in LANGS_18)
+    assert all(g["groups"][g["lang_to_expert"][l]].count(l) == 1 for l in LANGS_18)
     assert g["moe_layers"] == [0, 1, 2, 3, 4, 20, 21, 22, 23]
     assert len(g["layer_dev"]) == 24 and len(g["similarity"]) == 18
     if method != "random":
@@ -181,3 +181,61 @@ def test_cli_writes_groups_json(tmp_path, capsys):
     assert [len(x) for x in g["groups"]] == [6, 6, 6] and g["moe_layers"] == [21, 22, 23]
     assert not (tmp_path / "sub" / "groups.json.tmp").exists()
     assert "similarity heatmap" in capsys.readouterr().out
+
+
+def ari_by_hand(labels_a, labels_b):
+    """ARI from the contingency table as in Hubert & Arabie (1985), with numpy."""
+    a_ids, a = np.unique(labels_a, return_inverse=True)
+    b_ids, b = np.unique(labels_b, return_inverse=True)
+    table = np.zeros((len(a_ids), len(b_ids)), dtype=np.int64)
+    np.add.at(table, (a, b), 1)
+    pairs = lambda x: (x * (x - 1) / 2).sum()
+    index, rows, cols, total = pairs(table), pairs(table.sum(1)), pairs(table.sum(0)), pairs(np.array([len(a)]))
+    expected = rows * cols / total
+    return (index - expected) / ((rows + cols) / 2 - expected)
+
+
+def as_groups(labels, langs):
+    return [[l for l, x in zip(langs, labels) if x == g] for g in dict.fromkeys(labels)]
+
+
+def test_adjusted_rand_index_known_values():
+    langs = ["a", "b", "c", "d"]
+    # sklearn's documented examples: adjusted_rand_score([0, 0, 1, 2], [0, 0, 1, 1]) = 4/7 (both ways),
+    # a single group vs all singletons = 0
+    assert G.adjusted_rand_index([["a", "b"], ["c"], ["d"]], [["a", "b"], ["c", "d"]]) == pytest.approx(4 / 7)
+    assert G.adjusted_rand_index([["a", "b"], ["c", "d"]], [["a", "b"], ["c"], ["d"]]) == pytest.approx(4 / 7)
+    assert G.adjusted_rand_index([langs], [[l] for l in langs]) == 0.0
+    # by hand: {abc}{def} vs {ab}{cd}{ef}: sum C(n_ij,2) = 2, E = 6 * 3 / 15 = 1.2, M = 4.5 -> 0.8 / 3.3
+    six = "abcdef"
+    assert G.adjusted_rand_index([list("abc"), list("def")], [list("ab"), list("cd"), list("ef")]) == \
+        pytest.approx(8 / 33)
+    # crossed halves: worse than chance
+    assert G.adjusted_rand_index([["a", "b"], ["c", "d"]], [["a", "c"], ["b", "d"]]) == pytest.approx(-0.5)
+    # degenerate: identical trivial partitions are perfect matches; under two shared languages, nan
+    assert G.adjusted_rand_index([[l] for l in six], [[l] for l in reversed(six)]) == 1.0
+    assert G.adjusted_rand_index([list(six)], [list(six)]) == 1.0
+    assert np.isnan(G.adjusted_rand_index([["a", "b"]], [["a"], ["x"]]))
+
+
+def test_adjusted_rand_index_properties():
+    rng = np.random.default_rng(0)
+    langs = LANGS_18
+    for _ in range(20):
+        la, lb = rng.integers(0, 4, size=18), rng.integers(0, 5, size=18)
+        A, B = as_groups(la, langs), as_groups(lb, langs)
+        ari = G.adjusted_rand_index(A, B)
+        assert ari == pytest.approx(ari_by_hand(la, lb), abs=1e-12)           # the contingency table by hand
+        assert ari == pytest.approx(G.adjusted_rand_index(B, A), abs=1e-12)   # symmetric
+        assert G.adjusted_rand_index(A, A) == pytest.approx(1.0)              # identical -> 1
+        # blind to the order of the groups, of the languages in a group, and to the labels
+        shuffled = [list(reversed(g)) for g in reversed(A)]
+        assert G.adjusted_rand_index(shuffled, B) == pytest.approx(ari, abs=1e-12)
+        assert G.adjusted_rand_index(sorted(A, key=len), B) == pytest.approx(ari, abs=1e-12)
+    # only the languages both groupings have count: an extra language in one changes nothing
+    A, B = [["ar", "de"], ["fr", "hi"]], [["ar", "de"], ["fr"], ["hi"]]
+    assert G.adjusted_rand_index(A + [["zz"]], B) == G.adjusted_rand_index(A, B)
+    # chance level: random groupings average about 0
+    mean = np.mean([G.adjusted_rand_index(G.random_groups(langs, 6, seed=s), G.random_groups(langs, 6, seed=s + 100))
+                    for s in range(200)])
+    assert abs(mean) < 0.05

@@ -21,7 +21,7 @@ def test_dense_shapes():
     idx = torch.randint(0, 32, (3, 16))
     logits, loss, aux = model(idx, idx)
     assert logits.shape == (3, 16, 32) and loss.dim() == 0 and aux == {}
-    logits, loss, aux = model(idx[:, :5], groups=torch.tensor([0, 1, 0]))  # groups ignored when dense
+    logits, loss, aux = model(idx[:, :5], expert_ids=torch.tensor([0, 1, 0]))  # expert_ids ignored when dense
     assert logits.shape == (3, 5, 32) and loss is None and aux == {}
 
 
@@ -29,20 +29,20 @@ def test_moe_shapes_and_aux():
     model = tiny(moe_layers=[0, 1], n_experts=3)
     idx = torch.randint(0, 32, (4, 16))
     groups = torch.tensor([0, 2, 2, 1])
-    logits, loss, aux = model(idx, idx, groups=groups, routing="learned")
+    logits, loss, aux = model(idx, idx, expert_ids=groups, routing="learned")
     assert logits.shape == (4, 16, 32)
     assert set(aux) == {"router_ce", "balance", "z", "expert_counts"}
     assert aux["expert_counts"].shape == (2, 3) and aux["expert_counts"].sum() == 2 * 4 * 16 * 2
     assert not aux["expert_counts"].requires_grad and aux["balance"].requires_grad
-    _, _, aux = model(idx, idx, groups=groups, routing="group")
+    _, _, aux = model(idx, idx, expert_ids=groups, routing="group")
     assert set(aux) == {"router_ce", "z", "expert_counts"}
     assert aux["expert_counts"].tolist() == [[16, 16, 32]] * 2
     _, _, aux = model(idx)  # learned routing without groups: no router CE
     assert set(aux) == {"balance", "z", "expert_counts"}
-    with pytest.raises(ValueError, match="groups"):
+    with pytest.raises(ValueError, match="needs expert_ids"):
         model(idx, routing="group")
     with pytest.raises(ValueError, match="expert ids"):
-        model(idx, groups=torch.tensor([0, 1, 2, 3]), routing="group")
+        model(idx, expert_ids=torch.tensor([0, 1, 2, 3]), routing="group")
 
 
 def test_param_count_counts_tied_embedding_once():
@@ -89,7 +89,7 @@ def test_optimizer_groups():
 
 def test_generate():
     model = tiny(moe_layers=[1], n_experts=2)
-    out = model.generate(torch.zeros(2, 3, dtype=torch.long), 20, top_k=5, groups=torch.tensor([0, 1]),
+    out = model.generate(torch.zeros(2, 3, dtype=torch.long), 20, top_k=5, expert_ids=torch.tensor([0, 1]),
                          routing="group")
     assert out.shape == (2, 23) and out.max() < 32  # ran past block_size (16): the context is cropped
 
@@ -109,7 +109,7 @@ def test_checkpoint_roundtrip(tmp_path):
     idx = torch.randint(0, 32, (2, 16))
     g = torch.tensor([2, 0])
     for routing in ("learned", "group"):
-        assert torch.equal(model(idx, groups=g, routing=routing)[0], again(idx, groups=g, routing=routing)[0])
+        assert torch.equal(model(idx, expert_ids=g, routing=routing)[0], again(idx, expert_ids=g, routing=routing)[0])
     # a torch.compile'd model's state_dict has "_orig_mod." keys: accepted too
     ckpt["model"] = {"_orig_mod." + k: v for k, v in ckpt["model"].items()}
     assert torch.equal(model_from_checkpoint(ckpt)(idx)[0], model(idx)[0])

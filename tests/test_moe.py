@@ -198,11 +198,11 @@ def test_whole_model_compiles_without_graph_breaks(autocast):
         compiled = torch.compile(model, backend="aot_eager", dynamic=False)
         before = counters["stats"]["unique_graphs"]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            _, loss, aux = compiled(x, y, groups=groups if layers else None, routing=routing)
+            _, loss, aux = compiled(x, y, expert_ids=groups if layers else None, routing=routing)
         loss.backward()
         new_graphs.append(counters["stats"]["unique_graphs"] - before)
         if layers:
-            _, loss_eager, _ = model(x, y, groups=groups, routing=routing)
+            _, loss_eager, _ = model(x, y, expert_ids=groups, routing=routing)
             assert abs(loss.item() - loss_eager.item()) < (3e-2 if autocast else 1e-5)
     assert not counters["graph_break"], f"graph breaks: {list(counters['graph_break'])}"
     assert new_graphs == [1, 1, 1, 0], new_graphs

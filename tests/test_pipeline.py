@@ -109,9 +109,10 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, cache):
 def test_seeds_share_one_dataset():
     """--seed changes training, not the held-out documents: runs of several seeds are compared on one test set
     (and never rebuild each other's token files)."""
-    caches = {train.default_cache(train.parse_args(["--seed", str(s)]), "18") for s in (0, 1, 2)}
+    args = lambda *a: train.parse_args(list(a), train.DEFAULTS, train.PRESETS)
+    caches = {train.default_data_cache(args("--seed", str(s))) for s in (0, 1, 2)}
     assert len(caches) == 1
-    assert train.default_cache(train.parse_args(["--data_seed", "1"]), "18") not in caches
+    assert train.default_data_cache(args("--data_seed", "1")) not in caches
 
 
 def test_128_languages_smoke(tmp_path, capsys):

@@ -29,7 +29,7 @@ def test_upcycled_model_computes_the_dense_function(bias):
     idx = torch.randint(0, 32, (4, 16))
     ref, _, _ = dense(idx)
     for groups in ([0, 1, 2, 3], [3, 3, 3, 3], [1, 0, 1, 2]):
-        logits, _, _ = moe(idx, groups=torch.tensor(groups), routing="group")
+        logits, _, _ = moe(idx, expert_ids=torch.tensor(groups), routing="group")
         torch.testing.assert_close(logits, ref, atol=1e-5, rtol=0)
     logits, _, aux = moe(idx, routing="learned")  # top-2 renormalised weights sum to 1
     torch.testing.assert_close(logits, ref, atol=1e-5, rtol=0)
@@ -87,7 +87,7 @@ def test_add_expert_copies_src():
             for p in (layer.w_fc, layer.b_fc, layer.w_proj, layer.b_proj):
                 p.add_(0.05 * torch.randn_like(p))
     idx = torch.randint(0, 32, (2, 16))
-    before = {e: moe(idx, groups=torch.full((2,), e), routing="group")[0] for e in range(3)}
+    before = {e: moe(idx, expert_ids=torch.full((2,), e), routing="group")[0] for e in range(3)}
     new = add_expert(moe, 1)
     assert new == 3 and moe.config.n_experts == 4
     for layer in moe.moe_modules():
@@ -96,15 +96,15 @@ def test_add_expert_copies_src():
         for p in (layer.w_fc, layer.b_fc, layer.w_proj, layer.b_proj):
             assert p.shape[0] == 4 and torch.equal(p[3], p[1])
     for e in range(3):  # the old experts are untouched
-        assert torch.equal(moe(idx, groups=torch.full((2,), e), routing="group")[0], before[e])
-    logits, _, aux = moe(idx, groups=torch.full((2,), 3), routing="group")
+        assert torch.equal(moe(idx, expert_ids=torch.full((2,), e), routing="group")[0], before[e])
+    logits, _, aux = moe(idx, expert_ids=torch.full((2,), 3), routing="group")
     assert torch.equal(logits, before[1])
     assert aux["expert_counts"][:, 3].tolist() == [32, 32]
     _, _, aux = moe(idx, routing="learned")
     assert aux["expert_counts"].shape == (2, 4)
     # a checkpoint of the grown model rebuilds with 4 experts
     again = model_from_checkpoint({"model": moe.state_dict(), "model_args": asdict(moe.config)})
-    assert torch.equal(again(idx, groups=torch.full((2,), 3), routing="group")[0], logits)
+    assert torch.equal(again(idx, expert_ids=torch.full((2,), 3), routing="group")[0], logits)
 
 
 def test_cli(tmp_path, capsys):

@@ -1,0 +1,150 @@
+"""
+New-language adaptation (docs/METHOD.md §7): give a trained DMoE model languages it never saw.
+
+    python train.py --adapt be,sr --from out/dmoe.pt      # (or: python adapt.py --adapt be,sr --from ...)
+
+1. Which existing expert is closest to the new languages? Their perplexity with every MoE layer forced
+   to expert e, for each e; the lowest wins.
+2. Add one expert (in every MoE layer): a copy of that expert's FFN and of its router row (upcycle.add_expert).
+3. Train only the MoE layers on the new languages, routed to the new expert, with the router loss.
+Baselines on the same batches: the new expert copied from the LEAST similar expert, and the dense `cpt`
+model of the same run fine-tuned whole. The report: each method's new-language perplexity and how much
+the old languages' perplexity moved, under learned routing and routed to their own group's expert.
+"""
+import os
+import sys
+
+import numpy as np
+
+import corpus
+import data
+import train
+from common import save_json
+from config import RunDir, check_settings, parse_args
+from eval import evaluate, expert_affinity, summarize
+from model import load_checkpoint, model_from_checkpoint
+from upcycle import add_expert
+
+# the settings that decide an adaptation's checkpoints: another value needs another --out
+KEYS = ("adapt", "adapt_from", "adapt_steps", "adapt_lr", "router_alpha", "seed", "batch_size", "grad_accum",
+        "data_dir", "data_cache", "max_tokens_per_lang", "data_seed", "weight_decay", "beta1", "beta2", "grad_clip",
+        "warmup_frac", "min_lr_frac", "sample_alpha", "dtype")
+
+
+def moe_only(model):
+    """Freeze everything but the MoE layers (routers + experts): the rest of the model stays as it was."""
+    prefixes = tuple(f"transformer.h.{l}.ffn." for l in model.config.moe_layers)
+    for n, p in model.named_parameters():
+        p.requires_grad = n.startswith(prefixes)
+
+
+def main(cfg):
+    """Adapt cfg["adapt_from"] (a trained MoE checkpoint) to the languages cfg["adapt"]. Returns the report."""
+    check_settings(cfg, train.VARIANTS)
+    if not cfg["adapt_from"]:
+        raise SystemExit("error: --adapt needs --from CKPT, a trained MoE checkpoint such as out/dmoe.pt")
+    src = train.checkpoint_or_exit(cfg["adapt_from"])
+    if not src["model_args"].get("moe_layers"):
+        raise SystemExit(f"error: {cfg['adapt_from']} is a dense checkpoint; --from needs an MoE one (e.g. out/dmoe.pt)")
+    old_cfg, old_langs = src["config"], src["langs"]
+    new_langs = [l.strip() for l in cfg["adapt"].split(",") if l.strip()]
+    already = [l for l in new_langs if l in old_langs]
+    if already:
+        raise SystemExit(f"error: {','.join(already)} already trained in {cfg['adapt_from']}; --adapt takes new "
+                         f"languages (trained: {','.join(old_langs)})")
+    try:
+        new_langs = corpus.resolve_langs(",".join(new_langs), cfg["data_dir"] or None)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    run_dir = os.path.dirname(os.path.abspath(cfg["adapt_from"]))
+    variant = os.path.splitext(os.path.basename(cfg["adapt_from"]))[0]
+    if cfg["out"] == train.DEFAULTS["out"]:   # one folder per new languages and source model
+        cfg["out"] = os.path.join(run_dir, f"adapt-{'_'.join(new_langs)}-from-{variant}")
+    cfg["adapt_from"] = os.path.abspath(cfg["adapt_from"])
+    for k in ("block_size", "vocab_size", "top_k"):
+        cfg[k] = old_cfg[k]
+    cfg["data_cache"] = cfg["data_cache"] or data.default_cache(cfg["adapt"], cfg["vocab_size"], cfg["data_seed"],
+                                                                cfg["data_dir"] or None) + "-vocab-of-" + os.path.basename(run_dir)
+    env = train.Env(cfg)
+    run = RunDir(cfg, keys=KEYS).open() if env.master else None
+    new_data = train.load_data(cfg, env, new_langs, tokenizer=data.Tokenizer.from_state_dict(src["vocab"]))
+    old_data = data.Dataset.load(old_cfg["data_cache"])
+    if env.master:
+        run.write_config()
+    model = model_from_checkpoint(src, env.device)
+    old_l2e = src["lang_to_expert"]
+
+    # 1. the closest expert: perplexity of the new languages with every MoE layer forced to e
+    aff = expert_affinity(model, new_data, new_langs, block_size=cfg["block_size"], max_windows=cfg["eval_windows"])
+    mean_aff = np.exp(np.log(aff).mean(axis=0))      # (E,) geometric mean ppl over the new languages
+    best, worst = int(mean_aff.argmin()), int(mean_aff.argmax())
+    env.print(f"[adapt] expert affinity (ppl of {','.join(new_langs)} with every MoE layer forced to e): "
+              + "  ".join(f"e{e} {p:.1f}" for e, p in enumerate(mean_aff))
+              + f"  -> copy e{best} (least similar: e{worst})")
+
+    # 2. + 3. one new expert, copied from `copy_from`, trained on the new languages routed to it
+    new_e = model.config.n_experts
+    l2e = dict(old_l2e, **{l: new_e for l in new_langs})
+    meta = {"variant": "adapt", "groups": src["groups"] + [new_langs], "lang_to_expert": l2e,
+            "moe_layers": model.config.moe_layers}
+
+    def new_expert(name, copy_from):
+        m = model_from_checkpoint(src, env.device)
+        add_expert(m, copy_from)
+        stage = train.Stage(f"adapt_{name}", cfg["adapt_steps"], cfg["adapt_lr"], "adapt", routing="group",
+                            lang_to_expert=l2e, router_coef=cfg["router_alpha"], freeze=moe_only,
+                            meta=dict(meta, copied=copy_from))
+        return train.train_stage(cfg, env, new_data, stage, m)
+    models = {"before": model, "similar": new_expert("similar", best), "dissimilar": new_expert("dissimilar", worst)}
+    cpt_path = os.path.join(run_dir, "cpt.pt")
+    if os.path.exists(cpt_path):   # the dense baseline: all of cpt fine-tuned on the same batches
+        models["cpt_before"] = model_from_checkpoint(load_checkpoint(cpt_path), env.device)
+        models["cpt_finetune"] = train.train_stage(
+            cfg, env, new_data, train.Stage("adapt_cpt", cfg["adapt_steps"], cfg["adapt_lr"], "adapt"),
+            model_from_checkpoint(load_checkpoint(cpt_path), env.device))
+    if not env.master:
+        return None
+
+    # evaluate: new languages (learned routing, and routed to the new expert); old ones (learned, and own expert)
+    report = {"new_langs": new_langs, "old_langs": old_langs, "copied_from": best, "least_similar": worst,
+              "affinity": mean_aff.tolist(), "methods": {}}
+    kw = dict(block_size=cfg["block_size"], max_windows=cfg["eval_windows"])
+    for name, m in models.items():
+        r = {"new": evaluate(m, new_data, new_langs, routing="learned", **kw),
+             "old": evaluate(m, old_data, old_langs, routing="learned", **kw)}
+        if m.config.moe_layers:
+            r["old_group"] = evaluate(m, old_data, old_langs, routing="group", lang_to_expert=old_l2e, **kw)
+        if m.config.n_experts > new_e:
+            r["new_group"] = evaluate(m, new_data, new_langs, routing="group", lang_to_expert=l2e, **kw)
+        report["methods"][name] = {k: {l: {m_: v[m_] for m_ in ("loss", "ppl", "bpb")} for l, v in res.items()}
+                                   for k, res in r.items()}
+    print(adapt_table(report))
+    path = os.path.join(cfg["out"], "adapt.json")
+    save_json(report, path)
+    print(f"\nwrote {path}")
+    return report
+
+
+def adapt_table(rep):
+    """New-language perplexity and old-language forgetting of every adaptation method, as text."""
+    def avg(res):
+        return summarize(res)["ppl"]
+    lines = [f"{'method':<14} {'new ppl':>8} {'new ppl':>8} {'old ppl':>8} {'Δ old':>8} {'old ppl':>8} {'Δ old':>8}",
+             f"{'':<14} {'learned':>8} {'->new e':>8} {'learned':>8} {'learned':>8} {'->own e':>8} {'->own e':>8}",
+             "-" * 70]
+    for name, r in rep["methods"].items():
+        ref = rep["methods"]["cpt_before" if name.startswith("cpt") else "before"]
+        cells = [f"{avg(r['new']):8.2f}", f"{avg(r['new_group']):8.2f}" if "new_group" in r else f"{'-':>8}",
+                 f"{avg(r['old']):8.2f}", f"{100 * (avg(r['old']) / avg(ref['old']) - 1):+7.2f}%"]
+        if "old_group" in r:
+            cells += [f"{avg(r['old_group']):8.2f}", f"{100 * (avg(r['old_group']) / avg(ref['old_group']) - 1):+7.2f}%"]
+        else:
+            cells += [f"{'-':>8}", f"{'-':>8}"]
+        lines.append(f"{name:<14} " + " ".join(cells))
+    lines.append("averages over the new / the originally trained languages; learned = the router decides, "
+                 "->new e / ->own e = routed to the new expert / to the language's own group expert")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main(parse_args(sys.argv[1:], train.DEFAULTS, train.PRESETS, train.ALIASES, __doc__))

@@ -1,0 +1,186 @@
+"""
+Settings from the command line, checked before any work, and the run directory they are recorded in.
+
+    parse_args      --key value / --key=value over train.py's module-level defaults and its presets
+    check_settings  every setting that could only fail later (or silently train nonsense), one line each
+    RunDir          OUT/: a lock (one run at a time) and config.json (one set of settings per folder)
+"""
+import ast
+import fcntl
+import json
+import math
+import os
+import sys
+
+import torch
+
+import corpus
+from common import save_json
+
+GROUP_METHODS = ("agglomerative", "minmax", "seed")
+
+
+def parse_args(argv, defaults, presets, aliases=None, doc=""):
+    """`--key value` or `--key=value` for every key of `defaults`; a --preset first, explicit keys win.
+    Returns the settings dict."""
+    given, i = {}, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-h", "--help"):
+            print(doc)
+            print("settings (default value):")
+            for k, v in defaults.items():
+                print(f"  --{k} {v!r}")
+            print("presets: " + ", ".join(f"{p} {o}" for p, o in presets.items()))
+            sys.exit(0)
+        if not arg.startswith("--"):
+            raise SystemExit(f"error: unexpected argument {arg!r}; settings look like --key value (see --help)")
+        key, eq, val = arg[2:].partition("=")
+        key = (aliases or {}).get(key, key)
+        if not eq:
+            if i + 1 >= len(argv):
+                raise SystemExit(f"error: --{key} needs a value")
+            val, i = argv[i + 1], i + 1
+        i += 1
+        if key not in defaults:
+            raise SystemExit(f"error: unknown setting --{key}; see python train.py --help")
+        given[key] = val
+    cfg = dict(defaults)
+    p = given.get("preset", cfg["preset"])
+    if p not in presets:
+        raise SystemExit(f"error: unknown preset {p!r}; choose one of {', '.join(presets)}")
+    cfg.update(presets[p])
+    if given.get("langs") == "128":   # the paper's 128-language setting (docs/METHOD.md §4)
+        many = {k: v for k, v in dict(n_groups=16, group_method="seed").items() if k not in given}
+        if many:
+            print("note: --langs 128 uses the paper's setting for it: "
+                  + " ".join(f"--{k} {v}" for k, v in many.items()))
+        cfg.update(many)
+    for key, val in given.items():
+        cfg[key] = _typed(key, val, defaults[key])
+    cfg["preset"] = p
+    return cfg
+
+
+def _typed(key, val, default):
+    """Parse `val` to the type of the setting's default, or stop with a one-line error."""
+    if isinstance(default, str):
+        return val
+    try:
+        v = ast.literal_eval(val)
+    except (ValueError, SyntaxError):
+        v = None
+    if isinstance(default, bool):
+        ok = isinstance(v, bool)
+    else:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (
+            isinstance(default, float) or float(v).is_integer())
+    if not ok:
+        raise SystemExit(f"error: --{key} expects {type(default).__name__}, got {val!r}")
+    return type(default)(v)
+
+
+def check_settings(cfg, known_variants):
+    """Refuse, with one line each, every setting that could only fail later (or silently train nonsense).
+    Returns the pipeline's language list. Nothing is written before this passes."""
+    def need(ok, msg):
+        if not ok:
+            raise SystemExit(f"error: {msg}")
+    for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "base_steps",
+              "profile_steps", "profile_batch", "profile_repeats", "top_k", "log_interval", "eval_interval",
+              "eval_windows", "ckpt_interval", "adapt_steps"):
+        need(cfg[k] >= 1, f"--{k} must be at least 1, got {cfg[k]}")
+    for k in ("stage1_steps", "stage2_steps", "last_layers", "seed", "data_seed", "max_tokens_per_lang"):
+        need(cfg[k] >= 0, f"--{k} must be 0 or more, got {cfg[k]}")
+    need(cfg["stage1_steps"] + cfg["stage2_steps"] >= 1, "--stage1_steps + --stage2_steps must be at least 1")
+    for k in ("base_lr", "lr", "profile_lr", "adapt_lr"):
+        need(math.isfinite(cfg[k]) and cfg[k] > 0, f"--{k} must be a positive number, got {cfg[k]}")
+    for k in ("weight_decay", "grad_clip", "sample_alpha", "router_alpha", "balance_coef", "z_coef"):
+        need(math.isfinite(cfg[k]) and cfg[k] >= 0, f"--{k} must be 0 or more, got {cfg[k]}")
+    for k in ("dropout", "beta1", "beta2", "warmup_frac"):
+        need(0 <= cfg[k] < 1, f"--{k} must be in [0, 1), got {cfg[k]}")
+    need(0 <= cfg["min_lr_frac"] <= 1, f"--min_lr_frac must be in [0, 1], got {cfg['min_lr_frac']}")
+    need(math.isfinite(cfg["eps"]), f"--eps must be a number, got {cfg['eps']}")
+    need(cfg["n_embd"] % cfg["n_head"] == 0,
+         f"--n_embd {cfg['n_embd']} must be divisible by --n_head {cfg['n_head']}")
+    need(cfg["last_layers"] <= cfg["n_layer"], f"--last_layers {cfg['last_layers']} > --n_layer {cfg['n_layer']}")
+    need(cfg["vocab_size"] >= 320 and cfg["vocab_size"] % 64 == 0,
+         f"--vocab_size must be a multiple of 64 and at least 320, got {cfg['vocab_size']}")
+    need(cfg["group_method"] in GROUP_METHODS,
+         f"--group_method {cfg['group_method']!r}: choose one of {', '.join(GROUP_METHODS)}")
+    need(cfg["device"] in ("auto", "cpu", "cuda", "mps") or cfg["device"].startswith("cuda:"),
+         f"--device {cfg['device']!r}: choose auto, cpu, cuda or mps")
+    need(cfg["device"] != "cuda" or torch.cuda.is_available(), "--device cuda, but torch sees no CUDA GPU")
+    need(cfg["dtype"] in ("auto", "float32", "bfloat16"), f"--dtype {cfg['dtype']!r}: choose auto, float32 or bfloat16")
+    need(cfg["compile"] in ("auto", "True", "False"), f"--compile {cfg['compile']!r}: choose auto, True or False")
+    need(not os.path.isfile(cfg["out"]), f"--out {cfg['out']} is a file; give a directory")
+    if cfg["adapt"]:
+        return None   # adapt.py checks its own languages
+    wanted = [v.strip() for v in cfg["variants"].split(",") if v.strip()]
+    unknown = sorted(set(wanted) - set(known_variants))
+    need(wanted and not unknown, f"--variants {cfg['variants']!r}: choose from {','.join(known_variants)}")
+    need(len(set(wanted)) == len(wanted), f"--variants {cfg['variants']!r} names a variant twice")
+    spec = cfg["langs"].split(",")
+    repeated = sorted({l for l in spec if spec.count(l) > 1})
+    need(not repeated, f"--langs names {','.join(repeated)} more than once")
+    try:
+        lang_list = corpus.resolve_langs(cfg["langs"], cfg["data_dir"] or None, cache=cfg["data_cache"])
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    n = len(lang_list)
+    need(n >= 2, f"--langs {cfg['langs']}: the method groups languages; give at least 2")
+    need(2 <= cfg["n_groups"] <= n, f"--n_groups must be in 2..{n} (the number of languages), got {cfg['n_groups']}")
+    need(cfg["top_k"] <= cfg["n_groups"], f"--top_k {cfg['top_k']} > --n_groups {cfg['n_groups']} experts")
+    return lang_list
+
+
+
+
+class RunDir:
+    """OUT/ as a run's home. open() takes a lock (a second run on the same folder exits at once, naming the
+    first one's pid) and refuses a folder that holds a run with other settings; write_config() records the
+    settings once the run has passed its checks and its data is ready, so a failed start blocks nothing."""
+    IGNORED = ("device", "compile", "log_interval", "eval_interval", "ckpt_interval", "out", "variants", "resume")
+    _held = {}   # folder -> this process's open lock file (one run after another in one process, e.g. tests)
+
+    def __init__(self, cfg, keys=None):
+        self.cfg, self.path = cfg, cfg["out"]
+        self.keys = keys or [k for k in cfg if k not in self.IGNORED]
+
+    def open(self):
+        where = os.path.abspath(self.path)
+        if where in RunDir._held:          # an earlier run of this same process (finished or failed)
+            RunDir._held.pop(where).close()
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            lock = open(os.path.join(self.path, ".lock"), "a+")
+        except OSError as e:
+            raise SystemExit(f"error: cannot write to --out {self.path} ({e.strerror}); pass another --out")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)   # released by the OS when this process ends
+        except BlockingIOError:
+            lock.seek(0)
+            pid = lock.read().strip() or "?"
+            lock.close()
+            raise SystemExit(f"error: {self.path}/ is in use by another run (pid {pid}); wait for it or pass another --out")
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        RunDir._held[where] = lock
+        old = self._old_config()
+        diff = [k for k in self.keys if k in old and old[k] != self.cfg[k]]
+        if diff:
+            k = diff[0]
+            raise SystemExit(f"error: {self.path}/ holds a run with {k}={old[k]!r} (now {self.cfg[k]!r}); "
+                             f"pass another --out or delete {self.path}/ to start over")
+        return self
+
+    def _old_config(self):
+        path = os.path.join(self.path, "config.json")
+        if not os.path.exists(path):
+            return {}
+        with open(path) as f:
+            return json.load(f)
+
+    def write_config(self):
+        save_json({k: self.cfg[k] for k in self.keys}, os.path.join(self.path, "config.json"))

@@ -1,0 +1,129 @@
+"""Bad input is refused with one line before any work; a diverging run stops and writes no NaN; one run per
+folder; a redone stage rewrites its log; a --variants subset rerun keeps the other variants' numbers."""
+import json
+import os
+
+import pytest
+import torch
+
+import config
+import train
+from model import load_checkpoint
+
+SMALL = ["--preset", "tiny", "--langs", "de,nl,ru,uk", "--n_groups", "2", "--vocab_size", "512"]
+QUICK = ["--base_steps", "4", "--stage1_steps", "2", "--stage2_steps", "2", "--eval_interval", "100"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("data_cache") / "small")
+
+
+def run(out, cache, *extra):
+    return train.main(SMALL + ["--out", str(out), "--data_cache", cache, *extra])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--base_steps", "-5"], "--base_steps must be at least 1"),
+    (["--n_groups", "0"], "--n_groups must be in 2..4"),
+    (["--n_groups", "1"], "--n_groups must be in 2..4"),
+    (["--n_groups", "5"], "--n_groups must be in 2..4"),
+    (["--top_k", "0"], "--top_k must be at least 1"),
+    (["--top_k", "3"], "--top_k 3 > --n_groups 2"),
+    (["--variants", "foo"], "--variants 'foo': choose from"),
+    (["--variants", "dmoe,dmoe"], "names a variant twice"),
+    (["--langs", "ar,ar,de"], "--langs names ar more than once"),
+    (["--langs", "de"], "give at least 2"),
+    (["--eval_interval", "0"], "--eval_interval must be at least 1"),
+    (["--n_head", "3"], "--n_embd 64 must be divisible by --n_head 3"),
+    (["--batch_size", "0"], "--batch_size must be at least 1"),
+    (["--dropout", "1.5"], r"--dropout must be in \[0, 1\)"),
+    (["--lr", "0"], "--lr must be a positive number"),
+    (["--group_method", "kmeans"], "--group_method 'kmeans'"),
+])
+def test_bad_settings_are_refused_before_any_work(tmp_path, cache, extra, message):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=message) as e:
+        run(out, cache, *extra)
+    assert "\n" not in str(e.value)
+    assert not out.exists()                          # nothing written, no data prepared, no folder blocked
+
+
+def test_out_that_is_a_file_or_unwritable(tmp_path, cache, monkeypatch):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(SystemExit, match="is a file"):
+        run(f, cache)
+    with pytest.raises(SystemExit, match="cannot write to --out"):
+        run(f / "below", cache)                      # a folder cannot be made under a file
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(os, "makedirs", denied)      # a read-only place (root ignores chmod, so simulated)
+    with pytest.raises(SystemExit, match=r"cannot write to --out .* \(Permission denied\)"):
+        run(tmp_path / "ro", cache)
+
+
+def test_a_failed_start_does_not_block_its_folder(tmp_path, cache):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match="block"):   # passes the checks, fails on the data (block too long)
+        run(out, cache, "--block_size", "100000")
+    assert not (out / "config.json").exists()
+    res = run(out, cache, "--variants", "cpt", *QUICK)  # other settings, same folder: fine
+    assert set(res["variants"]) == {"base", "cpt"}
+
+
+def test_a_second_run_on_the_same_folder_exits_at_once(tmp_path, cache):
+    out = tmp_path / "run"
+    cfg = config.parse_args(SMALL + ["--out", str(out)], train.DEFAULTS, train.PRESETS)
+    holder = config.RunDir(cfg)
+    holder.open()
+    lock = config.RunDir._held.pop(os.path.abspath(out))   # as if another process held it
+    try:
+        with pytest.raises(SystemExit, match=rf"in use by another run \(pid {os.getpid()}\)"):
+            run(out, cache, *QUICK)
+        assert not (out / "base.pt").exists()
+    finally:
+        lock.close()
+    run(out, cache, "--variants", "cpt", *QUICK)      # free again
+
+
+@pytest.mark.parametrize("extra, stage", [(["--base_lr", "1e6"], "base"), (["--lr", "1e6"], "cpt_stage1")])
+def test_divergence_stops_the_stage_and_writes_no_nan(tmp_path, cache, extra, stage):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=rf"\[{stage}\] the loss \(or its gradient\) is not finite at step \d+") as e:
+        run(out, cache, "--variants", "cpt", "--base_steps", "20", "--stage1_steps", "20", "--ckpt_interval", "1",
+            "--eval_interval", "100", *extra)
+    assert "\n" not in str(e.value)
+    assert not (out / "results.json").exists() and (out / "profile.json").exists() == (stage != "base")
+    kept = load_checkpoint(str(out / f"{stage}.pt"))  # the last good checkpoint, finite and not marked done
+    assert not kept["done"]
+    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+    if stage != "base":
+        assert load_checkpoint(str(out / "base.pt"))["done"]
+
+
+def test_a_redone_stage_rewrites_its_log(tmp_path, cache):
+    out = tmp_path / "run"
+    run(out, cache, "--variants", "cpt", *QUICK)
+    before = (out / "logs" / "base.jsonl").read_text()
+    os.remove(out / "base.pt")                        # as an error message advises for a broken checkpoint
+    run(out, cache, "--variants", "cpt", *QUICK)
+    assert (out / "logs" / "base.jsonl").read_text() == before   # the same records once, not twice
+
+
+def test_a_variants_subset_rerun_keeps_the_other_numbers(tmp_path, cache):
+    out = tmp_path / "run"
+    full = run(out, cache, "--variants", "cpt,dmoe", *QUICK)
+    again = run(out, cache, "--variants", "dmoe", *QUICK)
+    on_disk = json.load(open(out / "results.json"))
+    assert set(on_disk["variants"]) == {"base", "cpt", "dmoe"}
+    assert on_disk["variants"]["cpt"] == full["variants"]["cpt"] and again["variants"]["dmoe"] == full["variants"]["dmoe"]
+    assert set(on_disk["forced_group"]) == {"dmoe"}
+
+
+def test_profiling_divergence_is_one_line(tmp_path, cache):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=r"\[profile\] \w+: the fine-tuning loss is not finite at step \d+; lower --profile_lr"):
+        run(out, cache, "--variants", "cpt", *QUICK, "--profile_steps", "5", "--profile_lr", "1e8")
+    assert not (out / "profile.json").exists() and load_checkpoint(str(out / "base.pt"))["done"]
