@@ -15,6 +15,7 @@ import os
 import sys
 
 import numpy as np
+import torch
 
 import corpus
 import data
@@ -26,16 +27,57 @@ from model import load_checkpoint, model_from_checkpoint
 from upcycle import add_expert
 
 # the settings that decide an adaptation's checkpoints: another value needs another --out
-KEYS = ("adapt", "adapt_from", "adapt_steps", "adapt_lr", "router_alpha", "seed", "batch_size", "grad_accum",
+KEYS = ("adapt", "adapt_from", "adapt_steps", "adapt_lr", "adapt_replay", "router_alpha", "seed", "batch_size", "grad_accum",
         "data_dir", "data_cache", "max_tokens_per_lang", "data_seed", "weight_decay", "beta1", "beta2", "grad_clip",
         "warmup_frac", "min_lr_frac", "sample_alpha", "dtype")
 
 
 def moe_only(model):
-    """Freeze everything but the MoE layers (routers + experts): the rest of the model stays as it was."""
+    """The paper's: freeze everything but the MoE layers (routers + experts)."""
     prefixes = tuple(f"transformer.h.{l}.ffn." for l in model.config.moe_layers)
     for n, p in model.named_parameters():
         p.requires_grad = n.startswith(prefixes)
+
+
+def new_expert_only(model):
+    """Freeze everything but the newest expert and its router row: the stacked expert tensors and the
+    router keep their other rows through a gradient mask (zero gradient, no weight decay: AdamW leaves
+    them exactly as they were)."""
+    new = model.config.n_experts - 1
+    for p in model.parameters():
+        p.requires_grad = False
+    for moe in model.moe_modules():
+        for p in (moe.w_fc, moe.b_fc, moe.w_proj, moe.b_proj, moe.router.weight):
+            if p is not None:
+                p.requires_grad = True
+                mask = torch.zeros_like(p)
+                mask[new] = 1.0
+                p.register_hook(lambda g, mask=mask: g * mask)
+
+
+class WithReplay:
+    """The new languages' data plus a share of the old languages' text, as one dataset for train_stage.
+    Old sequences go to their own (frozen) group experts, so they train nothing but the router loss of
+    the new router row: a token of an old language learns not to choose the new expert."""
+
+    def __init__(self, new, old, share):
+        self.new, self.old, self.share = new, old, share
+        self.langs, self.tokenizer = new.langs + old.langs, new.tokenizer
+
+    def _of(self, lang):
+        return self.new if lang in self.new.langs else self.old
+
+    def sampling_probs(self, alpha):
+        new, old = self.new.sampling_probs(alpha), self.old.sampling_probs(alpha)
+        return {**{l: p * (1 - self.share) for l, p in new.items()}, **{l: p * self.share for l, p in old.items()}}
+
+    def get_batch(self, split, lang, *args, **kw):
+        return self._of(lang).get_batch(split, lang, *args, **kw)
+
+    def eval_windows(self, lang, *args, **kw):
+        return self._of(lang).eval_windows(lang, *args, **kw)
+
+    mixed_batch = data.Dataset.mixed_batch   # draws through self.langs, self.get_batch
 
 
 def main(cfg):
@@ -88,14 +130,20 @@ def main(cfg):
     meta = {"variant": "adapt", "groups": src["groups"] + [new_langs], "lang_to_expert": l2e,
             "moe_layers": model.config.moe_layers}
 
-    def new_expert(name, copy_from):
+    def new_expert(name, copy_from, freeze, replay=0.0):
         m = model_from_checkpoint(src, env.device)
         add_expert(m, copy_from)
         stage = train.Stage(f"adapt_{name}", cfg["adapt_steps"], cfg["adapt_lr"], "adapt", routing="group",
-                            lang_to_expert=l2e, router_coef=cfg["router_alpha"], freeze=moe_only,
-                            meta=dict(meta, copied=copy_from))
-        return train.train_stage(cfg, env, new_data, stage, m)
-    models = {"before": model, "similar": new_expert("similar", best), "dissimilar": new_expert("dissimilar", worst)}
+                            lang_to_expert=l2e, router_coef=cfg["router_alpha"], freeze=freeze,
+                            meta=dict(meta, copied=copy_from, method=name))
+        return train.train_stage(cfg, env, WithReplay(new_data, old_data, replay) if replay else new_data, stage, m)
+    models = {"before": model,
+              # the paper's: all MoE weights train, the new expert copied from the most / least similar one
+              "similar": new_expert("similar", best, moe_only),
+              "dissimilar": new_expert("dissimilar", worst, moe_only),
+              # only the new expert and its router row train; + replay: old text keeps old tokens away from it
+              "new_only": new_expert("new_only", best, new_expert_only),
+              "new_only_replay": new_expert("new_only_replay", best, new_expert_only, cfg["adapt_replay"])}
     cpt_path = os.path.join(run_dir, "cpt.pt")
     if os.path.exists(cpt_path):   # the dense baseline: all of cpt fine-tuned on the same batches
         models["cpt_before"] = model_from_checkpoint(load_checkpoint(cpt_path), env.device)

@@ -87,7 +87,7 @@ def check_settings(cfg, known_variants):
         if not ok:
             raise SystemExit(f"error: {msg}")
     for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "base_steps",
-              "profile_steps", "profile_batch", "profile_repeats", "top_k", "log_interval", "eval_interval",
+              "profile_steps", "profile_batch", "profile_repeats", "profile_windows", "top_k", "log_interval", "eval_interval",
               "eval_windows", "ckpt_interval", "adapt_steps"):
         need(cfg[k] >= 1, f"--{k} must be at least 1, got {cfg[k]}")
     for k in ("stage1_steps", "stage2_steps", "last_layers", "seed", "data_seed", "max_tokens_per_lang"):
@@ -97,7 +97,7 @@ def check_settings(cfg, known_variants):
         need(math.isfinite(cfg[k]) and cfg[k] > 0, f"--{k} must be a positive number, got {cfg[k]}")
     for k in ("weight_decay", "grad_clip", "sample_alpha", "router_alpha", "balance_coef", "z_coef"):
         need(math.isfinite(cfg[k]) and cfg[k] >= 0, f"--{k} must be 0 or more, got {cfg[k]}")
-    for k in ("dropout", "beta1", "beta2", "warmup_frac"):
+    for k in ("dropout", "beta1", "beta2", "warmup_frac", "adapt_replay"):
         need(0 <= cfg[k] < 1, f"--{k} must be in [0, 1), got {cfg[k]}")
     need(0 <= cfg["min_lr_frac"] <= 1, f"--min_lr_frac must be in [0, 1], got {cfg['min_lr_frac']}")
     need(math.isfinite(cfg["eps"]), f"--eps must be a number, got {cfg['eps']}")
@@ -106,6 +106,9 @@ def check_settings(cfg, known_variants):
     need(cfg["last_layers"] <= cfg["n_layer"], f"--last_layers {cfg['last_layers']} > --n_layer {cfg['n_layer']}")
     need(cfg["vocab_size"] >= 320 and cfg["vocab_size"] % 64 == 0,
          f"--vocab_size must be a multiple of 64 and at least 320, got {cfg['vocab_size']}")
+    need(cfg["profile_method"] in ("adam", "gradient"), f"--profile_method {cfg['profile_method']!r}: choose adam or gradient")
+    need(cfg["profile_method"] == "adam" or cfg["profile_windows"] >= cfg["profile_repeats"],
+         "--profile_windows must be at least --profile_repeats (every half needs a window)")
     need(cfg["group_method"] in GROUP_METHODS,
          f"--group_method {cfg['group_method']!r}: choose one of {', '.join(GROUP_METHODS)}")
     need(cfg["device"] in ("auto", "cpu", "cuda", "mps") or cfg["device"].startswith("cuda:"),

@@ -695,6 +695,16 @@ class Dataset:
             x[rows], y[rows] = self.get_batch(split, self.langs[li], len(rows), block_size, generator)
         return _to_device(x, device), _to_device(y, device), lang_idx.to(device)
 
+    def spread_windows(self, lang, split, block_size, n):
+        """n windows of block_size+1 tokens whose starts are spread evenly over the whole split (they
+        overlap when the split is short): a fixed sample of a language's text that does not depend on any
+        seed. x, y int64 (n, T); y = x shifted by one."""
+        data = self.tokens(lang, split)
+        self._check_length(data, lang, split, block_size)
+        starts = np.linspace(0, len(data) - block_size - 1, n).round().astype(np.int64)  # (n,)
+        xy = torch.from_numpy(np.asarray(data[starts[:, None] + np.arange(block_size + 1)], dtype=np.int64))
+        return xy[:, :-1].contiguous(), xy[:, 1:].contiguous()
+
     def eval_windows(self, lang, split, block_size, max_windows=None):
         """Deterministic, non-overlapping windows of block_size+1 tokens from the start of the split:
         x, y int64 (N, T) with N = min(len // (T+1), max_windows); y = x shifted by one."""

@@ -118,14 +118,40 @@ def finetune_deltas(model, data, lang, names, steps, lr, batch_size, block_size,
         raise FloatingPointError(f"{lang}: the fine-tuned weights are not finite after {steps} steps")
     return deltas, losses
 
+def gradient_deltas(model, data, lang, names, lr, windows, block_size, device, batch_size=32):
+    """The better-conditioned estimate (docs/METHOD.md §2): the move of ONE plain gradient step with
+    learning rate `lr` on a fixed sample of the language's text, Δθ = -lr * mean loss gradient over the
+    `windows` (x, y) pairs. Every window of the sample counts (no batch noise, no seed); Adam's first
+    steps instead move nearly every weight by about ±lr, the sign of a noisy gradient, which the cosine
+    then mostly measures. The model is not changed. Returns ({name: Δweight (fp32)}, [loss, loss])."""
+    x_all, y_all = windows
+    params = dict(model.named_parameters())
+    grads = {n: torch.zeros_like(params[n], dtype=torch.float32) for n in names}
+    was_training = model.training
+    model.train()
+    total = 0.0
+    for i in range(0, len(x_all), batch_size):
+        x, y = x_all[i:i + batch_size].to(device), y_all[i:i + batch_size].to(device)  # (B, T) each
+        _, loss, _ = model(x, y)
+        weight = len(x) / len(x_all)
+        total += loss.item() * weight
+        g = torch.autograd.grad(loss * weight, [params[n] for n in names])
+        for n, gn in zip(names, g):
+            grads[n] += gn.float()
+    model.train(was_training)
+    if not math.isfinite(total) or not all(torch.isfinite(g).all() for g in grads.values()):
+        raise FloatingPointError(f"{lang}: the loss or its gradient is not finite")
+    return {n: -lr * g for n, g in grads.items()}, [total, total]
+
 def _norm(deltas, names):
     return math.sqrt(sum(float(deltas[n].pow(2).sum()) for n in names))
 
 # -----------------------------------------------------------------------------
 # all languages
 
-def profile_languages(model, data, langs, steps=10, lr=1e-4, batch_size=16, block_size=None,
-                      last_layers=None, seed=0, device="cpu", repeats=3, progress=True, rank=0, world=1):
+def profile_languages(model, data, langs, method="adam", steps=10, lr=1e-4, batch_size=16, block_size=None,
+                      last_layers=None, seed=0, device="cpu", repeats=3, windows=256, center=False,
+                      progress=True, rank=0, world=1):
     """Profile every language in `langs` (docs/METHOD.md §2). `data` needs only
     get_batch(split, lang, batch_size, block_size, generator, device) -> (x, y), e.g. data.Dataset.
 
@@ -153,7 +179,8 @@ def profile_languages(model, data, langs, steps=10, lr=1e-4, batch_size=16, bloc
       vectors (n, dim) float32 np.ndarray — drop it before json.dump."""
     langs = list(langs)
     n = len(langs)
-    assert n >= 1 and repeats >= 1 and steps >= 0
+    assert n >= 1 and repeats >= 1 and steps >= 0 and method in ("adam", "gradient")
+    assert method == "adam" or windows >= repeats, "every repeat needs at least one window"
     layers = layer_weights(model)
     L = len(layers)
     last_layers = default_last_layers(L) if last_layers is None else int(last_layers)
@@ -181,8 +208,14 @@ def profile_languages(model, data, langs, steps=10, lr=1e-4, batch_size=16, bloc
     for r in range(repeats):
         mine = {}  # lang -> (ffn norms, attn norms, losses, deviation vector) for this rank's languages
         for lang in langs[rank::world]:
-            deltas, losses = finetune_deltas(model, data, lang, names, steps, lr, batch_size, block_size,
-                                             seed + r, device)
+            if method == "gradient":   # repeat r: every repeats-th window of one fixed, spread sample
+                x, y = data.spread_windows(lang, "train", block_size, windows)
+                deltas, losses = gradient_deltas(model, data, lang, sorted(names), lr,
+                                                 (x[r::repeats].contiguous(), y[r::repeats].contiguous()),
+                                                 block_size, device, batch_size)
+            else:
+                deltas, losses = finetune_deltas(model, data, lang, names, steps, lr, batch_size, block_size,
+                                                 seed + r, device)
             mine[lang] = ([_norm(deltas, f) for f, _ in layers], [_norm(deltas, a) for _, a in layers],
                           losses, torch.cat([deltas[name].flatten() for name in vec_names]).cpu().numpy())
             del deltas
@@ -200,11 +233,11 @@ def profile_languages(model, data, langs, steps=10, lr=1e-4, batch_size=16, bloc
             loss[lang].append(losses)
             vec_rep[i] = vec
         vec_sum += vec_rep
-        sims.append(group.cosine_similarity(vec_rep))
+        sims.append(similarity(vec_rep, center))
     if bar is not None:
         bar.close()
     vectors = vec_sum / repeats
-    S = group.cosine_similarity(vectors)
+    S = similarity(vectors, center)
 
     off = ~np.eye(n, dtype=bool)
     corr = None
@@ -224,12 +257,18 @@ def profile_languages(model, data, langs, steps=10, lr=1e-4, batch_size=16, bloc
         "similarity_repeats": [s.tolist() for s in sims],
         "repeat_corr": corr,
         "loss": {l: np.mean(loss[l], axis=0).tolist() if steps > 0 else [None, None] for l in langs},
-        "config": {"steps": steps, "lr": lr, "batch_size": batch_size, "block_size": block_size,
-                   "last_layers": last_layers, "repeats": repeats, "seed": seed,
-                   "tokens_per_lang": steps * batch_size * block_size * repeats,
+        "config": {"method": method, "steps": steps, "lr": lr, "batch_size": batch_size, "block_size": block_size,
+                   "last_layers": last_layers, "repeats": repeats, "seed": seed, "windows": windows, "center": center,
+                   "tokens_per_lang": (windows if method == "gradient" else steps * batch_size * repeats) * block_size,
                    "seconds": round(time.time() - t0, 1)},
         "vectors": vectors,
     }
+
+def similarity(vectors, center=False):
+    """Cosine similarity of the languages' deviation vectors (n, dim); center=True first subtracts their
+    mean, the move every language shares, so that what is compared is how each language departs from it."""
+    V = np.asarray(vectors, dtype=np.float64)
+    return group.cosine_similarity(V - V.mean(axis=0) if center else V)
 
 # -----------------------------------------------------------------------------
 # CLI (named cli, not main: `main` is the stdlib profile's, re-exported above)

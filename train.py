@@ -58,10 +58,13 @@ sample_alpha = 0.3           # language sampling p(lang) ~ n_tokens ** sample_al
 base_steps = 400
 base_lr = 2e-3
 # profile: parameter deviation per language (docs/METHOD.md §2)
-profile_steps = 10           # fine-tuning steps per language
+profile_method = "adam"      # adam: the paper's AdamW fine-tuning | gradient: one step's gradient on fixed text
+profile_steps = 10           # adam: fine-tuning steps per language
 profile_lr = 1e-4
-profile_batch = 8
-profile_repeats = 2          # average deviations over repeats (the grouping is noisy with few tokens)
+profile_batch = 8            # adam: sequences per step; gradient: sequences per forward pass
+profile_repeats = 2          # adam: independent runs averaged; gradient: disjoint halves of the windows
+profile_windows = 256        # gradient: windows of block_size tokens per language, spread over its text
+profile_center = False       # similarity of the deviations minus their mean over languages
 last_layers = 0              # deviation vector = FFN deltas of the last N layers; 0 = profile.py's rule
 # group: similarity -> language groups, deviation -> MoE layers (docs/METHOD.md §3-4)
 n_groups = 6                 # experts per MoE layer = number of language groups
@@ -81,6 +84,7 @@ adapt = ""                   # comma list of new languages; empty = run the pipe
 adapt_from = ""              # the trained MoE checkpoint to extend (alias: --from)
 adapt_steps = 100
 adapt_lr = 2e-4
+adapt_replay = 0.25          # share of old-language sequences in the batches of the replay method
 # optimizer (every stage)
 weight_decay = 0.01
 beta1 = 0.9
@@ -524,11 +528,11 @@ def profile(cfg, env, base, dataset, lang_list):
         with open(path) as f:
             return json.load(f)
     try:
-        prof = profile_languages(base, dataset, lang_list, steps=cfg["profile_steps"], lr=cfg["profile_lr"],
-                                 batch_size=cfg["profile_batch"], block_size=cfg["block_size"],
+        prof = profile_languages(base, dataset, lang_list, method=cfg["profile_method"], steps=cfg["profile_steps"],
+                                 lr=cfg["profile_lr"], batch_size=cfg["profile_batch"], block_size=cfg["block_size"],
                                  last_layers=cfg["last_layers"] or None, repeats=cfg["profile_repeats"],
-                                 seed=cfg["seed"], device=env.device, progress=env.master,
-                                 rank=env.rank, world=env.world)
+                                 windows=cfg["profile_windows"], center=cfg["profile_center"], seed=cfg["seed"],
+                                 device=env.device, progress=env.master, rank=env.rank, world=env.world)
     except FloatingPointError as e:
         raise SystemExit(f"error: [profile] {e}; lower --profile_lr")
     prof.pop("vectors")

@@ -79,3 +79,44 @@ def test_adaptation_rejects_bad_languages(run):
         train.main(["--preset", "tiny", "--adapt", "xx", "--from", str(run / "dmoe.pt")])
     with pytest.raises(SystemExit, match="dense checkpoint"):
         train.main(["--preset", "tiny", "--adapt", "ja", "--from", str(run / "cpt.pt")])
+
+
+def test_new_expert_only_keeps_every_old_weight(run):
+    """new_only / new_only_replay: the gradient mask leaves the old experts and router rows bit-identical."""
+    adapt(run)
+    src = load_checkpoint(str(run / "dmoe.pt"))
+    E_old = src["model_args"]["n_experts"]
+    for method in ("new_only", "new_only_replay"):
+        new = load_checkpoint(str(run / "adapt" / f"adapt_{method}.pt"))
+        moved = 0
+        for k, v in src["model"].items():
+            w = new["model"][k]
+            if k.endswith(("w_fc", "w_proj", "b_fc", "b_proj", "router.weight")):
+                assert torch.equal(w[:E_old], v), (method, k)
+                moved += not torch.equal(w[E_old], src["model"][k][new["meta"]["copied"]])
+            else:
+                assert torch.equal(w, v), (method, k)
+        assert moved > 0, method          # the new expert and its router row did train
+
+
+def test_learned_routing_forgetting_bound(run):
+    """The old languages, run as trained (learned router), move by at most 0.5% with new_only_replay,
+    while the new language gains. The paper's method (today's default, "similar") breaks that bound here."""
+    rep = adapt(run)
+    avg = lambda r: sum(v["ppl"] for v in r.values()) / len(r)
+    m = rep["methods"]
+    change = lambda name: avg(m[name]["old"]) / avg(m["before"]["old"]) - 1
+    assert abs(change("new_only_replay")) <= 0.005, change("new_only_replay")
+    assert avg(m["new_only_replay"]["new"]) < avg(m["before"]["new"])
+    assert change("similar") > 0.005, change("similar")   # the bound is not trivially met
+
+
+def test_another_setting_gets_its_own_folder_or_is_refused(run):
+    """--adapt from another checkpoint gets a folder of its own; other settings in the same folder are refused."""
+    common = ["--preset", "tiny", "--adapt", "ja", "--data_cache", str(run / "cache-ja")]
+    train.main(common + ["--adapt_steps", "2", "--from", str(run / "dmoe.pt")])
+    train.main(common + ["--adapt_steps", "2", "--from", str(run / "dmoe_stage1.pt")])
+    assert (run / "adapt-ja-from-dmoe" / "adapt.json").exists()
+    assert (run / "adapt-ja-from-dmoe_stage1" / "adapt.json").exists()
+    with pytest.raises(SystemExit, match="holds a run with adapt_steps=2"):
+        train.main(common + ["--adapt_steps", "3", "--from", str(run / "dmoe.pt")])
