@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import corpus
 import data
@@ -24,6 +25,7 @@ from common import save_json
 from config import RunDir, check_settings, parse_args
 from eval import evaluate, expert_affinity, summarize
 from model import load_checkpoint, model_from_checkpoint
+from tokenizer import Tokenizer
 from upcycle import add_expert
 
 # the settings that decide an adaptation's checkpoints: another value needs another --out
@@ -53,6 +55,41 @@ def new_expert_only(model):
                 mask = torch.zeros_like(p)
                 mask[new] = 1.0
                 p.register_hook(lambda g, mask=mask: g * mask)
+
+
+class KeepOut(train.Stage):
+    """A stage that trains the new router row as a margin classifier instead of with the router
+    cross-entropy: for every MoE layer, a token of a new language should rank the new expert first and a
+    token of an old language (the replay share of the batch) should keep it out of its top-k,
+        new tokens:  relu(max_old z - z_new + margin)      old tokens:  relu(z_new - z_(k) + margin)
+    with z_(k) the k-th largest of the old experts' router logits. Once the margins hold the row stops
+    moving (the cross-entropy would push it up forever, and old tokens with it). The old router rows are
+    frozen, so an old token whose margin holds keeps its top-k, and its weights, exactly as before."""
+
+    def __init__(self, *args, top_k, margin=1.0, **kw):
+        super().__init__(*args, **kw)
+        self.top_k, self.margin, self.seen = top_k, margin, []
+        freeze = self.freeze
+
+        def freeze_and_watch(model):   # the router logits and targets of every MoE layer, every forward
+            freeze(model)
+            for moe in model.moe_modules():
+                moe.register_forward_pre_hook(lambda mod, args: self.seen.append(
+                    (mod.router_logits(args[0].reshape(-1, args[0].shape[-1])), args[1], args[0].shape[1]))
+                    if mod.training else None)
+        self.freeze = freeze_and_watch
+
+    def loss(self, lm_loss, aux):
+        hinges = []
+        for z, seq_expert, T in self.seen:       # z (N, E+1); seq_expert (B,) the group expert of each sequence
+            new = z.shape[1] - 1
+            is_new = seq_expert.repeat_interleave(T) == new                   # (N,)
+            kth = z[:, :new].topk(min(self.top_k, new), dim=-1).values      # (N, k) best old logits
+            for tokens, gap in ((is_new, kth[:, 0] - z[:, new]), (~is_new, z[:, new] - kth[:, -1])):
+                if tokens.any():   # new and old tokens count alike, whatever their share of the batch
+                    hinges.append(F.relu(gap[tokens] + self.margin).mean())
+        self.seen.clear()
+        return lm_loss + torch.stack(hinges).mean() if hinges else lm_loss
 
 
 class WithReplay:
@@ -109,7 +146,7 @@ def main(cfg):
                                                                 cfg["data_dir"] or None) + "-vocab-of-" + os.path.basename(run_dir)
     env = train.Env(cfg)
     run = RunDir(cfg, keys=KEYS).open() if env.master else None
-    new_data = train.load_data(cfg, env, new_langs, tokenizer=data.Tokenizer.from_state_dict(src["vocab"]))
+    new_data = train.load_data(cfg, env, new_langs, tokenizer=Tokenizer.from_state_dict(src["vocab"]))
     old_data = data.Dataset.load(old_cfg["data_cache"])
     if env.master:
         run.write_config()
@@ -130,24 +167,29 @@ def main(cfg):
     meta = {"variant": "adapt", "groups": src["groups"] + [new_langs], "lang_to_expert": l2e,
             "moe_layers": model.config.moe_layers}
 
-    def new_expert(name, copy_from, freeze, replay=0.0):
+    def new_expert(name, copy_from, freeze, replay=0.0, stage_class=train.Stage, **extra):
         m = model_from_checkpoint(src, env.device)
         add_expert(m, copy_from)
-        stage = train.Stage(f"adapt_{name}", cfg["adapt_steps"], cfg["adapt_lr"], "adapt", routing="group",
-                            lang_to_expert=l2e, router_coef=cfg["router_alpha"], freeze=freeze,
-                            meta=dict(meta, copied=copy_from, method=name))
-        return train.train_stage(cfg, env, WithReplay(new_data, old_data, replay) if replay else new_data, stage, m)
+        stage = stage_class(f"adapt_{name}", cfg["adapt_steps"], cfg["adapt_lr"], "adapt", routing="group",
+                            lang_to_expert=l2e, router_coef=0.0 if stage_class is KeepOut else cfg["router_alpha"],
+                            freeze=freeze,
+                            meta=dict(meta, copied=copy_from, method=name), **extra)
+        return train.train_stage(cfg, env, WithReplay(new_data, old_data, replay) if replay else new_data, stage, m)[0]
     models = {"before": model,
               # the paper's: all MoE weights train, the new expert copied from the most / least similar one
               "similar": new_expert("similar", best, moe_only),
               "dissimilar": new_expert("dissimilar", worst, moe_only),
-              # only the new expert and its router row train; + replay: old text keeps old tokens away from it
+              # only the new expert and its router row train; + replay: old text, router loss to their own expert
               "new_only": new_expert("new_only", best, new_expert_only),
-              "new_only_replay": new_expert("new_only_replay", best, new_expert_only, cfg["adapt_replay"])}
+              "new_only_replay": new_expert("new_only_replay", best, new_expert_only, cfg["adapt_replay"]),
+              # + keep out: margins instead of the router loss, the new expert first for new tokens and
+              #   below every old token's k-th choice
+              "keep_out": new_expert("keep_out", best, new_expert_only, cfg["adapt_replay"], KeepOut,
+                                     top_k=model.config.top_k)}
     cpt_path = os.path.join(run_dir, "cpt.pt")
     if os.path.exists(cpt_path):   # the dense baseline: all of cpt fine-tuned on the same batches
         models["cpt_before"] = model_from_checkpoint(load_checkpoint(cpt_path), env.device)
-        models["cpt_finetune"] = train.train_stage(
+        models["cpt_finetune"], _ = train.train_stage(
             cfg, env, new_data, train.Stage("adapt_cpt", cfg["adapt_steps"], cfg["adapt_lr"], "adapt"),
             model_from_checkpoint(load_checkpoint(cpt_path), env.device))
     if not env.master:

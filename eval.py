@@ -40,6 +40,7 @@ import group
 import plots
 from common import default_device
 from model import load_checkpoint, model_from_checkpoint
+from tokenizer import Tokenizer
 
 LN2 = math.log(2.0)
 
@@ -161,23 +162,6 @@ def _pct(v, base):
     return f"{100.0 * (v - base) / base:+.1f}%"
 
 
-def _wrap_name(name, w):
-    """Split a variant name into header lines of at most w characters, preferably after '_'."""
-    lines, cur = [], ""
-    for part in re.findall(r"[^_]+_?|_", name):
-        while len(part) > w:  # a part longer than a line: hard split
-            if cur:
-                lines.append(cur)
-                cur = ""
-            lines.append(part[:w])
-            part = part[w:]
-        if len(cur) + len(part) > w:
-            lines.append(cur)
-            cur = ""
-        cur += part
-    return lines + [cur] if cur else lines
-
-
 def compare_table(results_by_variant, baseline="cpt", params=None, width=120):
     """
     Text table comparing variants: per-language loss/ppl/bpb per variant (metric blocks side by side
@@ -194,27 +178,18 @@ def compare_table(results_by_variant, baseline="cpt", params=None, width=120):
         all_langs += [l for l in results_by_variant[v] if l not in all_langs]
     common = [l for l in all_langs if all(l in results_by_variant[v] for v in variants)]
     lw = max(4, max(len(l) for l in all_langs)) + 1              # language column width
-    cw = min(max(9, max(len(v) for v in variants) + 1), 12)       # cell width
-    heads = {v: _wrap_name(v, cw - 1) for v in variants}          # long names over 2-3 header lines
-    n_head = max(len(h) for h in heads.values())
-    heads = {v: [""] * (n_head - len(h)) + h for v, h in heads.items()}  # bottom-aligned
+    cw = max(9, max(len(v) for v in variants) + 1)                # cell width
 
     def metric_block(metrics):
-        rows = [(" " * lw + "".join(f" | {m:<{cw * len(variants) - 1}}" for m in metrics)).rstrip()]
-        for k in range(n_head):
-            rows.append(f"{'lang' if k == n_head - 1 else '':<{lw}}" + "".join(
-                " |" + "".join(f"{heads[v][k]:>{cw}}" for v in variants) for _ in metrics))
+        rows = [(" " * lw + "".join(f" | {m:<{cw * len(variants) - 1}}" for m in metrics)).rstrip(),
+                f"{'lang':<{lw}}" + "".join(" |" + "".join(f"{v:>{cw}}" for v in variants) for _ in metrics)]
         rows.append("-" * len(rows[-1]))
         for l in all_langs:
-            row = f"{l:<{lw}}"
-            for m in metrics:
-                row += " |" + "".join(f"{_fmt(m, results_by_variant[v].get(l, {}).get(m)):>{cw}}" for v in variants)
-            rows.append(row)
+            rows.append(f"{l:<{lw}}" + "".join(" |" + "".join(
+                f"{_fmt(m, results_by_variant[v].get(l, {}).get(m)):>{cw}}" for v in variants) for m in metrics))
         rows.append("-" * len(rows[-1]))
-        row = f"{'avg':<{lw}}"
-        for m in metrics:
-            row += " |" + "".join(f"{_fmt(m, summarize(results_by_variant[v], common)[m]):>{cw}}" for v in variants)
-        rows.append(row)
+        rows.append(f"{'avg':<{lw}}" + "".join(" |" + "".join(
+            f"{_fmt(m, summarize(results_by_variant[v], common)[m]):>{cw}}" for v in variants) for m in metrics))
         return rows
 
     # pack the metric blocks into as few tables as the width allows
@@ -334,33 +309,6 @@ def routing_matrix(model, data, langs, split="val", block_size=None, max_windows
             "top_k": model.config.top_k}
 
 
-def routing_report(rm, lang_to_expert=None):
-    """Text: per MoE layer, each language's share (%) per expert, its own group's share, the load."""
-    langs, E = rm["langs"], rm["matrix"].shape[-1]
-    M, own, load, load_cv, label = plots.routing_view(rm)
-    lw = max(5, max(len(l) for l in langs) + 1)
-    out = [f"% = {label} per expert; g = the language's group expert"]
-    for k, layer in enumerate(rm["layers"]):
-        head = f"{'layer ' + str(layer):<{lw + 4}}" + "".join(f"{'e' + str(e):>5}" for e in range(E))
-        if own is not None:
-            head += "   own"
-        out += [head, "-" * len(head)]
-        for li, lang in enumerate(langs):
-            g = (lang_to_expert or {}).get(lang)
-            row = f"{lang:<{lw}}{'g' + str(g) if g is not None else '':>4}"
-            row += "".join(f"{100 * M[k, li, e]:>5.0f}" for e in range(E))
-            if own is not None:
-                o = own[k, li]
-                row += f"{'-' if np.isnan(o) else f'{100 * o:.0f}%':>6}"
-            out.append(row)
-        out.append(f"{'load':<{lw + 4}}" + "".join(f"{100 * load[k, e]:>5.0f}" for e in range(E))
-                   + f"   cv {load_cv[k]:.2f}")
-        out.append("")
-    if own is not None and not np.isnan(own).all():
-        out.append(f"mean share to the language's own group expert: {np.nanmean(own):.1%} (chance {1 / E:.1%})")
-    return "\n".join(out)
-
-
 def expert_affinity(model, data, langs, split="val", block_size=None, max_windows=16, device=None, batch_size=16):
     """(n_langs, E) perplexity of each language with every MoE layer forced to expert e (docs/METHOD.md
     §7: the argmin is the most similar expert, the one a new language's expert is copied from)."""
@@ -378,18 +326,6 @@ def most_similar_expert(affinity, langs):
     """{lang: the expert with the lowest forced-routing perplexity} from expert_affinity's (n_langs, E)."""
     return {l: int(np.argmin(affinity[i])) for i, l in enumerate(langs)}
 
-
-def affinity_report(aff, langs, lang_to_expert=None):
-    E = aff.shape[1]
-    lw = max(5, max(len(l) for l in langs) + 1)
-    head = f"{'lang':<{lw}}" + "".join(f"{'e' + str(e) + ' ':>10}" for e in range(E)) + "   best  group"
-    out = ["perplexity with every MoE layer forced to one expert (* = lowest)", head, "-" * len(head)]
-    for i, l in enumerate(langs):
-        best = int(np.argmin(aff[i]))
-        row = f"{l:<{lw}}" + "".join(f"{_fmt('ppl', aff[i, e]) + ('*' if e == best else ' '):>10}" for e in range(E))
-        g = (lang_to_expert or {}).get(l)
-        out.append(row + f"{'e' + str(best):>7}{'' if g is None else 'e' + str(g):>7}")
-    return "\n".join(out)
 
 # -----------------------------------------------------------------------------
 # several runs (seeds)
@@ -517,7 +453,6 @@ def _resolve_cache(ckpt, ckpt_path, override):
 
 def sample(args):
     """Print a continuation of args.sample from every checkpoint, optionally routed to --sample_lang's expert."""
-    import data as datamod
     torch.manual_seed(0)
     for variant, path in find_checkpoints(args.paths):
         try:
@@ -525,7 +460,7 @@ def sample(args):
         except RuntimeError as e:
             raise SystemExit(f"error: {e}")
         model = model_from_checkpoint(ckpt, args.device).eval()
-        tok = datamod.Tokenizer.from_state_dict(ckpt["vocab"])
+        tok = Tokenizer.from_state_dict(ckpt["vocab"])
         idx = torch.tensor([tok.encode(args.sample)], dtype=torch.long, device=args.device)  # (1, T)
         kw = {}
         lang_to_expert = ckpt.get("lang_to_expert") or {}
@@ -631,12 +566,12 @@ def main(argv=None):
             analyses[variant] = (rm, lang_to_expert)
             if args.routing_analysis:
                 print(f"\nrouting of {variant} (learned router, {args.split} split)")
-                print(routing_report(rm, lang_to_expert))
+                print(plots.routing_report(rm, lang_to_expert))
         if moe and args.affinity:
             aff = expert_affinity(model, data, langs, split=args.split, block_size=args.block_size,
                                   max_windows=min(args.max_windows, 16), device=args.device, batch_size=args.batch_size)
             print(f"\nexpert affinity of {variant}")
-            print(affinity_report(aff, langs, lang_to_expert))
+            print(plots.affinity_report(aff, langs, lang_to_expert))
         del model
     if not results:
         raise SystemExit(f"error: nothing evaluated ({', '.join(args.paths)}): no readable checkpoint or results")

@@ -395,3 +395,47 @@ def write_pictures(out_dir, run_dir, routings=None, profile_path=None, groups_pa
         safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in variant)
         written.append(plot_routing(rm, os.path.join(out_dir, f"routing_{safe}.png"), lang_to_expert, variant))
     return [w for w in written if w]
+
+
+# -----------------------------------------------------------------------------
+# text tables of eval.py's routing analysis and expert affinity
+
+
+def routing_report(rm, lang_to_expert=None):
+    """Text: per MoE layer, each language's share (%) per expert, its own group's share, the load."""
+    langs, E = rm["langs"], rm["matrix"].shape[-1]
+    M, own, load, load_cv, label = routing_view(rm)
+    lw = max(5, max(len(l) for l in langs) + 1)
+    out = [f"% = {label} per expert; g = the language's group expert"]
+    for k, layer in enumerate(rm["layers"]):
+        head = f"{'layer ' + str(layer):<{lw + 4}}" + "".join(f"{'e' + str(e):>5}" for e in range(E))
+        if own is not None:
+            head += "   own"
+        out += [head, "-" * len(head)]
+        for li, lang in enumerate(langs):
+            g = (lang_to_expert or {}).get(lang)
+            row = f"{lang:<{lw}}{'g' + str(g) if g is not None else '':>4}"
+            row += "".join(f"{100 * M[k, li, e]:>5.0f}" for e in range(E))
+            if own is not None:
+                o = own[k, li]
+                row += f"{'-' if np.isnan(o) else f'{100 * o:.0f}%':>6}"
+            out.append(row)
+        out.append(f"{'load':<{lw + 4}}" + "".join(f"{100 * load[k, e]:>5.0f}" for e in range(E))
+                   + f"   cv {load_cv[k]:.2f}")
+        out.append("")
+    if own is not None and not np.isnan(own).all():
+        out.append(f"mean share to the language's own group expert: {np.nanmean(own):.1%} (chance {1 / E:.1%})")
+    return "\n".join(out)
+
+
+def affinity_report(aff, langs, lang_to_expert=None):
+    E = aff.shape[1]
+    lw = max(5, max(len(l) for l in langs) + 1)
+    head = f"{'lang':<{lw}}" + "".join(f"{'e' + str(e) + ' ':>10}" for e in range(E)) + "   best  group"
+    out = ["perplexity with every MoE layer forced to one expert (* = lowest)", head, "-" * len(head)]
+    for i, l in enumerate(langs):
+        best = int(np.argmin(aff[i]))
+        row = f"{l:<{lw}}" + "".join(f"{f'{aff[i, e]:.2f}' + ('*' if e == best else ' '):>10}" for e in range(E))
+        g = (lang_to_expert or {}).get(l)
+        out.append(row + f"{'e' + str(best):>7}{'' if g is None else 'e' + str(g):>7}")
+    return "\n".join(out)

@@ -31,7 +31,7 @@ from config import RunDir, check_settings, parse_args
 from eval import compare_table, evaluate, summarize
 from model import GPT, GPTConfig, load_checkpoint, model_from_checkpoint, save_checkpoint
 from profile import profile_languages
-from upcycle import upcycle
+from upcycle import upcycle, upcycle_adam
 
 # ----------------------------------------------------------------------------------------------------
 # default settings: the `default` preset, sized for the bundled 18-language corpus on a 2-core CPU
@@ -238,17 +238,16 @@ def checkpoint_or_exit(path):
         raise SystemExit(f"error: {e}")
 
 
-def train_stage(cfg, env, dataset, stage, model):
-    """Train `model` for stage.steps and save it as OUT/<stage.name>.pt. If that file is a finished stage,
-    return it instead; if a killed run left it unfinished, continue it (and not `model`).
-    Under DDP every rank draws the same global batch and trains on its own slice of it, so the update is a
-    single process's with that global batch; only rank 0 logs and writes, but every rank checkpoints."""
+def train_stage(cfg, env, dataset, stage, model, adam=None):
+    """Train `model` for stage.steps and save it as OUT/<stage.name>.pt; AdamW starts from `adam` (the
+    state a previous stage ended with, {param name: state}; None = fresh). Returns (model, its AdamW state).
+    If OUT/<stage.name>.pt is a finished stage, return that instead; if a killed run left it unfinished,
+    continue it (and not `model`). Under DDP every rank draws the same global batch and trains on its own
+    slice of it, so the update is a single process's with that global batch; only rank 0 logs and writes,
+    but every rank checkpoints."""
     path = os.path.join(cfg["out"], stage.name + ".pt")
     ckpt = checkpoint_or_exit(path) if os.path.exists(path) else None
-    if ckpt is not None and ckpt.get("done"):
-        env.print(f"[{stage.name}] done already ({path}), skipping")
-        return model_from_checkpoint(ckpt, env.device)
-    if ckpt is not None and not cfg["resume"]:
+    if ckpt is not None and not ckpt.get("done") and not cfg["resume"]:
         raise SystemExit(f"error: {path} holds an unfinished stage; run with --resume True to continue it "
                          f"or pass another --out")
     model = model_from_checkpoint(ckpt, env.device) if ckpt else model.to(env.device)
@@ -256,11 +255,17 @@ def train_stage(cfg, env, dataset, stage, model):
         stage.freeze(model)
     wd = cfg["weight_decay"] if stage.freeze is None else 0.0   # adaptation: nothing decays
     optimizer = model.configure_optimizers(wd, stage.peak_lr, (cfg["beta1"], cfg["beta2"]), env.device_type)
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    elif adam is not None:
+        load_adam_by_name(model, optimizer, adam)
+    if ckpt is not None and ckpt.get("done"):
+        env.print(f"[{stage.name}] done already ({path}), skipping")
+        return model, adam_by_name(model, optimizer)
     gen = batch_generator(cfg["seed"], stage.batches)
     step = 0
     log = TrainLog(cfg, env, stage, model, dataset)
     if ckpt:
-        optimizer.load_state_dict(ckpt["optimizer"])
         gen.set_state(ckpt["rng"])
         step = ckpt["step"]
         env.print(f"[{stage.name}] resuming from step {step}/{stage.steps} ({path})")
@@ -335,7 +340,22 @@ def train_stage(cfg, env, dataset, stage, model):
     finally:
         log.close()
     save(done=True)
-    return model
+    return model, adam_by_name(model, optimizer)
+
+
+def adam_by_name(model, optimizer):
+    """{param name: AdamW state}: an optimizer's state in a form the next stage's optimizer (of another
+    model object, e.g. the upcycled MoE: upcycle.upcycle_adam) can start from."""
+    return {n: optimizer.state[p] for n, p in model.named_parameters() if optimizer.state.get(p)}
+
+
+def load_adam_by_name(model, optimizer, adam):
+    """Start `optimizer` from adam_by_name() state (copied: several stages may start from one state)."""
+    names = {p: n for n, p in model.named_parameters()}
+    index = {names[p]: i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+    sd = optimizer.state_dict()
+    sd["state"] = {index[n]: {k: v.clone() for k, v in s.items()} for n, s in adam.items() if n in index}
+    optimizer.load_state_dict(sd)
 
 
 class TrainLog:
@@ -438,7 +458,8 @@ def main(argv):
     mcfg = GPTConfig(vocab_size=dataset.tokenizer.vocab_size, block_size=cfg["block_size"], n_layer=cfg["n_layer"],
                      n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=cfg["dropout"], top_k=cfg["top_k"])
     torch.manual_seed(cfg["seed"])
-    base = train_stage(cfg, env, dataset, Stage("base", cfg["base_steps"], cfg["base_lr"], "base"), GPT(mcfg))
+    base, base_adam = train_stage(cfg, env, dataset, Stage("base", cfg["base_steps"], cfg["base_lr"], "base"),
+                                  GPT(mcfg))
 
     # 3. profile (§2): each language fine-tunes a copy of base alone; how far does each weight move?
     prof = profile(cfg, env, base, dataset, lang_list)
@@ -464,25 +485,27 @@ def main(argv):
     for name in wanted:
         if variants[name] is None:
             # the dense model on exactly the batches and schedules the MoE variants get (stage 1, then
-            # stage 2, each its own warmup + cosine), so that every difference is the MoE's doing
-            cpt = train_stage(cfg, env, dataset, Stage("cpt_stage1", cfg["stage1_steps"], cfg["lr"], "stage1"),
-                              copy_of(base))
-            train_stage(cfg, env, dataset, Stage("cpt", cfg["stage2_steps"], cfg["lr"], "stage2"), cpt)
+            # stage 2, each its own warmup + cosine), so that every difference is the MoE's doing. Every
+            # stage continues the previous one's AdamW state (docs/METHOD.md §9)
+            cpt, adam = train_stage(cfg, env, dataset, Stage("cpt_stage1", cfg["stage1_steps"], cfg["lr"], "stage1"),
+                                    copy_of(base), base_adam)
+            train_stage(cfg, env, dataset, Stage("cpt", cfg["stage2_steps"], cfg["lr"], "stage2"), cpt, adam)
             continue
         lang_groups, layers = variants[name]
         lang_to_expert = {l: e for e, g in enumerate(lang_groups) for l in g}
         meta = {"variant": name, "groups": lang_groups, "lang_to_expert": lang_to_expert, "moe_layers": layers}
         # upcycle (§5): each chosen FFN becomes one expert per group, all exact copies; a fresh router
-        moe = upcycle(copy_of(base), layers, len(lang_groups), top_k=cfg["top_k"], seed=cfg["seed"])
+        moe = upcycle(base, layers, len(lang_groups), top_k=cfg["top_k"], seed=cfg["seed"])
+        adam = upcycle_adam(base_adam, layers, len(lang_groups))
         # stage 1 (§6): every token goes to its language group's expert, and the router learns to send it
         # there: loss = LM + router_alpha * CE(router logits, group expert)
-        moe = train_stage(cfg, env, dataset, Stage(
+        moe, adam = train_stage(cfg, env, dataset, Stage(
             f"{name}_stage1", cfg["stage1_steps"], cfg["lr"], "stage1", routing="group",
-            lang_to_expert=lang_to_expert, router_coef=cfg["router_alpha"], meta=meta), moe)
+            lang_to_expert=lang_to_expert, router_coef=cfg["router_alpha"], meta=meta), moe, adam)
         # stage 2 (§6): the router decides (top-k of its softmax): loss = LM + balance_coef * load balance
         train_stage(cfg, env, dataset, Stage(
             name, cfg["stage2_steps"], cfg["lr"], "stage2", routing="learned",
-            balance_coef=cfg["balance_coef"], z_coef=cfg["z_coef"], meta=meta), moe)
+            balance_coef=cfg["balance_coef"], z_coef=cfg["z_coef"], meta=meta), moe, adam)
     env.barrier()
 
     # 6. evaluate (§8): every variant on held-out text, per language -> the table and OUT/results.json

@@ -38,19 +38,43 @@ def upcycle(dense, layers, n_experts, top_k=2, seed=0):
 
     with torch.random.fork_rng(devices=[]):  # building the new model must not disturb the caller's RNG
         moe = GPT(replace(cfg, moe_layers=layers, n_experts=E, top_k=top_k))
-    state = dense.state_dict()
+    state = to_experts(dense.state_dict(), layers, E)
     gen = torch.Generator().manual_seed(seed)
-    for l in layers:
-        p = f"transformer.h.{l}.ffn."
-        c_fc_w, c_proj_w = state.pop(p + "c_fc.weight"), state.pop(p + "c_proj.weight")  # (4C, C), (C, 4C)
-        state[p + "w_fc"] = c_fc_w.t().expand(E, -1, -1).clone()  # (E, C, 4C)
-        state[p + "w_proj"] = c_proj_w.t().expand(E, -1, -1).clone()  # (E, 4C, C)
-        if cfg.bias:
-            state[p + "b_fc"] = state.pop(p + "c_fc.bias").expand(E, -1).clone()  # (E, 4C)
-            state[p + "b_proj"] = state.pop(p + "c_proj.bias").expand(E, -1).clone()  # (E, C)
-        state[p + "router.weight"] = (torch.randn(E, C, generator=gen) * 0.02).to(dtype)  # fresh router
+    for l in layers:   # a fresh router: N(0, 0.02)
+        state[f"transformer.h.{l}.ffn.router.weight"] = (torch.randn(E, C, generator=gen) * 0.02).to(dtype)
     moe.load_state_dict(state, strict=True)  # strict: every weight of the new model was set above
     return moe.to(device=device, dtype=dtype)
+
+
+# dense FFN parameter -> expert parameter, and whether its matrix is stored transposed in the experts
+EXPERT_OF = {"c_fc.weight": ("w_fc", True), "c_proj.weight": ("w_proj", True), "c_fc.bias": ("b_fc", False),
+             "c_proj.bias": ("b_proj", False)}
+
+
+def to_experts(tensors, layers, n_experts):
+    """Rename and copy a dense model's FFN tensors (its state_dict, or one AdamW moment per parameter) to
+    those of the MoE experts: c_fc.weight (4C, C) -> w_fc (E, C, 4C), c_proj.weight (C, 4C) -> w_proj
+    (E, 4C, C), c_fc.bias -> b_fc (E, 4C), c_proj.bias -> b_proj (E, C). The rest is kept as it is."""
+    out = dict(tensors)
+    for l in layers:
+        p = f"transformer.h.{l}.ffn."
+        for dense, (expert, transposed) in EXPERT_OF.items():
+            if p + dense in out:
+                t = out.pop(p + dense)
+                t = t.t() if transposed else t
+                out[p + expert] = t.expand(n_experts, *t.shape).clone()
+    return out
+
+
+def upcycle_adam(adam, layers, n_experts):
+    """The dense model's AdamW state ({param name: {"step", "exp_avg", "exp_avg_sq"}}) for the upcycled
+    model: every expert starts from its dense FFN's moments, as it starts from its weights; the new router
+    has none. (A fresh AdamW moves every weight by about ±lr on its first steps: a jolt that undoes part
+    of a converged model's training.)"""
+    moments = {k: to_experts({n: s[k] for n, s in adam.items()}, layers, n_experts) for k in ("exp_avg", "exp_avg_sq")}
+    step = next(iter(adam.values()))["step"]   # the same for every parameter of one optimizer
+    return {n: {"step": step.clone(), "exp_avg": m, "exp_avg_sq": moments["exp_avg_sq"][n]}
+            for n, m in moments["exp_avg"].items()}
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import corpus  # noqa: E402
 import data  # noqa: E402
+import tokenizer  # noqa: E402
 from corpus import resolve_langs  # noqa: E402
 from data import prepare  # noqa: E402
 
@@ -271,7 +272,7 @@ def test_max_tokens_per_lang(tmp_path, monkeypatch):
     (d / "aa" / "aa_clean_0001b.jsonl").write_text("{broken\n")  # read after 0001.jsonl.gz, if read at all
     write_jsonl(d / "bb.jsonl", docs["bb"])
     monkeypatch.setattr(data, "CHUNK_BYTES", 4 << 10)  # bb.jsonl and the plain aa shards in many ranges
-    enc = data.o200k_encoding()
+    enc = tokenizer.o200k_encoding()
     cap = 4000
     expect = {}
     for lang, texts in docs.items():

@@ -13,7 +13,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import corpus  # noqa: E402
 import data  # noqa: E402
 from corpus import resolve_langs  # noqa: E402
-from data import Dataset, Tokenizer, prepare  # noqa: E402
+from data import Dataset, prepare  # noqa: E402
+from tokenizer import Tokenizer, o200k_encoding  # noqa: E402
 
 LANGS = ["fr", "ja", "ta"]  # three scripts, small enough to prepare in about a second
 VOCAB = 1024
@@ -57,7 +58,7 @@ def split_docs(ds, lang, split):
 # tokenizer
 
 def test_roundtrip_18_languages(docs18, tok18):
-    enc = data.o200k_encoding()
+    enc = o200k_encoding()
     assert tok18.vocab_size == VOCAB < enc.n_vocab
     for lang, texts in docs18.items():
         for t in texts:

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 import eval as E
+import plots
 import model as M
 import upcycle as U
 
@@ -115,12 +116,12 @@ def test_routing_matrix_rows_sum_to_one(data):
         np.testing.assert_allclose(rm["own_group_share"][:, li], rm["matrix"][:, li, LANG_TO_EXPERT[lang]])
     for k in ("top1", "prob"):
         np.testing.assert_allclose(rm[k].sum(-1), 1.0, atol=1e-6)
-    text = E.routing_report(rm, LANG_TO_EXPERT)
+    text = plots.routing_report(rm, LANG_TO_EXPERT)
     assert "layer 0" in text and "load" in text and "own" in text and "token-slots" in text
     # top_k = E: every token uses every expert, so the report shows first choices instead
     two = E.routing_matrix(tiny_moe(n_experts=2), data, LANGS, max_windows=2)
     np.testing.assert_allclose(two["matrix"], 0.5)
-    assert two["own_group_share"] is None and "first-choice" in E.routing_report(two)
+    assert two["own_group_share"] is None and "first-choice" in plots.routing_report(two)
     with pytest.raises(ValueError):
         E.routing_matrix(tiny_dense(), data, LANGS)
 
@@ -191,7 +192,7 @@ def test_expert_affinity(data):
     assert aff.shape == (3, 3) and np.isfinite(aff).all()
     best = E.most_similar_expert(langs=LANGS, affinity=aff)
     assert best == {l: int(np.argmin(aff[i])) for i, l in enumerate(LANGS)}
-    assert "best" in E.affinity_report(aff, LANGS, LANG_TO_EXPERT)
+    assert "best" in plots.affinity_report(aff, LANGS, LANG_TO_EXPERT)
 
 
 def test_compare_table_fits_terminal():

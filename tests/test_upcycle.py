@@ -123,3 +123,35 @@ def test_cli(tmp_path, capsys):
     torch.testing.assert_close(moe(idx)[0], dense(idx)[0], atol=1e-5, rtol=0)
     same = upcycle_checkpoint(load_checkpoint(dense_path), [0, 2], 2)
     assert all(torch.equal(same["model"][k], v) for k, v in ckpt["model"].items())
+
+
+def test_upcycled_adam_state_takes_the_dense_step():
+    """upcycle_adam gives every expert its dense FFN's AdamW moments: with every token routed to expert 0,
+    the upcycled model's next AdamW step moves expert 0 (and everything shared) exactly as the dense model's
+    next step moves the dense model."""
+    from train import adam_by_name, load_adam_by_name
+    from upcycle import upcycle_adam
+    torch.manual_seed(0)
+    dense = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=2, n_head=2, n_embd=16))
+    opt = dense.configure_optimizers(0.1, 1e-2, (0.9, 0.95), "cpu")
+    x = torch.randint(0, 64, (4, 8))
+    for _ in range(3):   # some history in the moments
+        dense(x, x)[1].backward()
+        opt.step()
+        opt.zero_grad()
+    moe = upcycle(dense, [0, 1], 3)
+    moe_opt = moe.configure_optimizers(0.1, 1e-2, (0.9, 0.95), "cpu")
+    load_adam_by_name(moe, moe_opt, upcycle_adam(adam_by_name(dense, opt), [0, 1], 3))
+    dense(x, x)[1].backward()
+    opt.step()
+    moe(x, x, expert_ids=torch.zeros(4, dtype=torch.long), routing="group")[1].backward()
+    moe_opt.step()
+    after = moe.state_dict()
+    for k, v in dense.state_dict().items():
+        if ".ffn." not in k:
+            torch.testing.assert_close(after[k], v, rtol=0, atol=1e-6, msg=k)
+    for l in (0, 1):
+        p = f"transformer.h.{l}.ffn."
+        torch.testing.assert_close(after[p + "w_fc"][0], dense.state_dict()[p + "c_fc.weight"].t(), rtol=0, atol=1e-6)
+        torch.testing.assert_close(after[p + "w_proj"][0], dense.state_dict()[p + "c_proj.weight"].t(), rtol=0, atol=1e-6)
+        torch.testing.assert_close(after[p + "b_fc"][0], dense.state_dict()[p + "c_fc.bias"], rtol=0, atol=1e-6)
