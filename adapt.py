@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import corpus
 import data
 import train
-from common import save_json
+from common import Env, save_json
 from config import RunDir, check_settings, parse_args
 from eval import evaluate, expert_affinity, summarize
 from model import load_checkpoint, model_from_checkpoint
@@ -144,7 +144,7 @@ def main(cfg):
         cfg[k] = old_cfg[k]
     cfg["data_cache"] = cfg["data_cache"] or data.default_cache(cfg["adapt"], cfg["vocab_size"], cfg["data_seed"],
                                                                 cfg["data_dir"] or None) + "-vocab-of-" + os.path.basename(run_dir)
-    env = train.Env(cfg)
+    env = Env(cfg)
     run = RunDir(cfg, keys=KEYS).open() if env.master else None
     new_data = train.load_data(cfg, env, new_langs, tokenizer=Tokenizer.from_state_dict(src["vocab"]))
     old_data = data.Dataset.load(old_cfg["data_cache"])

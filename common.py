@@ -1,11 +1,13 @@
 """
-The few helpers that several modules share: atomic file writes, JSON results, the default device.
+The few helpers that several modules share: atomic file writes, JSON results, the device and the
+process group (Env).
 """
 
 import contextlib
 import json
 import math
 import os
+from contextlib import nullcontext
 
 import torch
 
@@ -57,3 +59,51 @@ def default_device():
     if torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+class Env:
+    """Where and how we run. Under `torchrun --nproc_per_node=N train.py ...` every rank builds one."""
+
+    def __init__(self, cfg):
+        self.ddp = int(os.environ.get("RANK", -1)) != -1
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        dev = default_device() if cfg["device"] == "auto" else cfg["device"]
+        if self.ddp:
+            torch.distributed.init_process_group(backend="nccl" if dev == "cuda" else "gloo")
+            if dev == "cuda":
+                dev = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+                torch.cuda.set_device(dev)
+        self.device = dev
+        self.device_type = "cuda" if dev.startswith("cuda") else dev
+        self.master = self.rank == 0        # only rank 0 logs and writes files
+        use_bf16 = cfg["dtype"] == "bfloat16" or (
+            cfg["dtype"] == "auto" and self.device_type == "cuda" and torch.cuda.is_bf16_supported())
+        self.dtype = "bfloat16" if use_bf16 else "float32"
+        self.use_compile = cfg["compile"] == "True" or (cfg["compile"] == "auto" and self.device_type == "cuda")
+        if self.device_type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.peak_flops = peak_flops(torch.cuda.get_device_name(dev)) if self.device_type == "cuda" else None
+
+    def autocast(self):
+        if self.dtype == "bfloat16":
+            return torch.autocast(device_type=self.device_type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def barrier(self):
+        if self.ddp:
+            torch.distributed.barrier()
+
+    def print(self, *args, **kw):
+        if self.master:
+            print(*args, **kw)
+
+
+def peak_flops(name):
+    """bf16 dense peak of the GPU, for MFU (as nanoGPT/nanochat report it); None if unknown."""
+    for key, flops in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40", 181e12),
+                       ("4090", 165e12), ("3090", 71e12), ("A10", 125e12)):
+        if key in name:
+            return flops
+    return None

@@ -368,6 +368,10 @@ def make_groups(profile, k, method="agglomerative", eps=0.6, seed=0, linkage="co
         out["repeat_groups"] = [group_languages(np.asarray(R), langs, k, method, seed, linkage)[0]
                                 for R in reps]
         out["repeat_rand"] = [rand_index(groups, g) for g in out["repeat_groups"]]
+        rg = out["repeat_groups"]   # how well one repeat's groups predict another's (1 = the same, ~0 = chance)
+        out["repeat_ari"] = float(np.mean([adjusted_rand_index(rg[a], rg[b])
+                                           for a in range(len(rg)) for b in range(a + 1, len(rg))]))
+    out["repeat_corr"] = profile.get("repeat_corr")
     return out
 
 # -----------------------------------------------------------------------------
@@ -398,7 +402,8 @@ def report(g, profile=None):
     if g.get("repeat_rand"):
         rr = g["repeat_rand"]
         out.append(f"stability: grouping redone on each repeat's similarity agrees with the final one on "
-                   f"{', '.join(f'{r:.2f}' for r in rr)} of language pairs (Rand index)")
+                   f"{', '.join(f'{r:.2f}' for r in rr)} of language pairs (Rand index); the repeats' groups "
+                   f"agree with each other at adjusted Rand index {g['repeat_ari']:.2f}")
     out.append("\nnearest neighbour (* = same group):")
     lang_to_expert = g["lang_to_expert"]
     items = []

@@ -404,6 +404,15 @@ class GPT(nn.Module):
         extra = dict(fused=True) if device_type == "cuda" else dict()
         return torch.optim.AdamW(param_groups, lr=learning_rate, betas=betas, **extra)
 
+    def flops_per_token(self, routing):
+        """6 * active params + attention (nanoGPT's estimate): MoE layers count only the experts a token uses."""
+        c = self.config
+        n = self.num_params() - self.transformer.wpe.weight.numel()
+        for moe in self.moe_modules():
+            per_expert = sum(p[0].numel() for p in (moe.w_fc, moe.w_proj, moe.b_fc, moe.b_proj) if p is not None)
+            n -= (moe.n_experts - (1 if routing == "group" else min(c.top_k, moe.n_experts))) * per_expert
+        return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
+
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, expert_ids=None, routing="learned"):
         """Sample max_new_tokens after idx (B, T); expert_ids (B,) keeps each sequence's expert fixed."""
@@ -417,6 +426,25 @@ class GPT(nn.Module):
             idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
         return idx
+
+
+# -----------------------------------------------------------------------------
+# optimizer state across stages
+
+
+def adam_by_name(model, optimizer):
+    """{param name: AdamW state}: an optimizer's state in a form the next stage's optimizer (of another
+    model object, e.g. the upcycled MoE: upcycle.upcycle_adam) can start from."""
+    return {n: optimizer.state[p] for n, p in model.named_parameters() if optimizer.state.get(p)}
+
+
+def load_adam_by_name(model, optimizer, adam):
+    """Start `optimizer` from adam_by_name() state (copied: several stages may start from one state)."""
+    names = {p: n for n, p in model.named_parameters()}
+    index = {names[p]: i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+    sd = optimizer.state_dict()
+    sd["state"] = {index[n]: {k: v.clone() for k, v in s.items()} for n, s in adam.items() if n in index}
+    optimizer.load_state_dict(sd)
 
 
 # -----------------------------------------------------------------------------

@@ -19,17 +19,16 @@ import math
 import os
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 from tqdm import tqdm
 
 import data
 import group
-from common import default_device, save_json
+from common import Env, save_json
 from config import RunDir, check_settings, parse_args
 from eval import compare_table, evaluate, summarize
-from model import GPT, GPTConfig, load_checkpoint, model_from_checkpoint, save_checkpoint
+from model import GPT, GPTConfig, adam_by_name, load_adam_by_name, load_checkpoint, model_from_checkpoint, save_checkpoint
 from profile import profile_languages
 from upcycle import upcycle, upcycle_adam
 
@@ -46,8 +45,8 @@ data_seed = 0                # the train/val split of the documents (apart, so t
 preset = "default"           # default | tiny | gpu | gpu_large   (see PRESETS below)
 # model
 n_layer = 4
-n_head = 4
-n_embd = 256
+n_head = 2
+n_embd = 64
 block_size = 128
 dropout = 0.0
 # batches
@@ -55,16 +54,16 @@ batch_size = 16              # sequences per micro-batch
 grad_accum = 1               # micro-batches per optimizer step
 sample_alpha = 0.3           # language sampling p(lang) ~ n_tokens ** sample_alpha (docs/METHOD.md §1)
 # dense base pretraining
-base_steps = 400
-base_lr = 2e-3
+base_steps = 1600
+base_lr = 5e-3
 # profile: parameter deviation per language (docs/METHOD.md §2)
-profile_method = "adam"      # adam: the paper's AdamW fine-tuning | gradient: one step's gradient on fixed text
+profile_method = "gradient"  # gradient: one step's gradient on fixed text | adam: the paper's AdamW fine-tuning
 profile_steps = 10           # adam: fine-tuning steps per language
 profile_lr = 1e-4
 profile_batch = 8            # adam: sequences per step; gradient: sequences per forward pass
 profile_repeats = 2          # adam: independent runs averaged; gradient: disjoint halves of the windows
 profile_windows = 256        # gradient: windows of block_size tokens per language, spread over its text
-profile_center = False       # similarity of the deviations minus their mean over languages
+profile_center = True        # similarity of the deviations minus their mean over languages
 last_layers = 0              # deviation vector = FFN deltas of the last N layers; 0 = profile.py's rule
 # group: similarity -> language groups, deviation -> MoE layers (docs/METHOD.md §3-4)
 n_groups = 6                 # experts per MoE layer = number of language groups
@@ -73,7 +72,7 @@ eps = 0.6                    # a layer becomes MoE iff its normalised mean FFN d
 # after base: every variant gets stage1_steps + stage2_steps optimizer steps of the same batches
 stage1_steps = 20            # routing by language group + router cross-entropy (docs/METHOD.md §6)
 stage2_steps = 180           # learned top-k routing + load balancing
-lr = 6e-4                    # peak lr after base, all variants alike
+lr = 5e-4                    # peak lr after base, all variants alike
 top_k = 2
 router_alpha = 1.28          # weight of the router cross-entropy in stage 1 (the paper's)
 balance_coef = 0.02          # Switch load-balancing loss weight in stage 2 (the paper's)
@@ -95,7 +94,7 @@ min_lr_frac = 0.1            # cosine decays to lr * min_lr_frac
 # evaluation, logs and checkpoints
 resume = True                # continue unfinished stages found in --out (False: refuse to touch them)
 log_interval = 1             # steps between loss / tok/s records (each waits for the GPU; GPU presets: 10)
-eval_interval = 100          # steps between validation estimates in the progress log
+eval_interval = 200          # steps between validation estimates in the progress log
 eval_windows = 16            # held-out windows per language in the final evaluation
 ckpt_interval = 100          # steps between resumable checkpoints inside a stage
 # system
@@ -108,7 +107,7 @@ PRESETS = {
     "default": {},
     # every stage at toy size: a smoke test of the whole pipeline in well under two minutes on a CPU
     "tiny": dict(vocab_size=1024, n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=8,
-                 base_steps=60, profile_steps=2, profile_batch=4, profile_repeats=1, n_groups=3,
+                 base_steps=60, profile_steps=2, profile_batch=4, profile_repeats=1, profile_windows=16, n_groups=3,
                  stage1_steps=6, stage2_steps=24, eval_interval=30, eval_windows=2, ckpt_interval=50),
     # one GPU, bundled corpus (~0.8M training tokens): wider and deeper, dropout against overfitting
     "gpu": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=32, dropout=0.1,
@@ -125,67 +124,6 @@ ALIASES = {"from": "adapt_from"}
 DEFAULTS = {k: v for k, v in list(globals().items())
             if not k.startswith("_") and isinstance(v, (int, float, str, bool)) and k.islower()}
 VARIANTS = ("cpt", "dmoe", "random", "all_layers")
-
-
-# ----------------------------------------------------------------------------------------------------
-# system: device, precision, compile, and (under torchrun) the process group
-
-class Env:
-    """Where and how we run. Under `torchrun --nproc_per_node=N train.py ...` every rank builds one."""
-
-    def __init__(self, cfg):
-        self.ddp = int(os.environ.get("RANK", -1)) != -1
-        self.rank = int(os.environ.get("RANK", 0))
-        self.world = int(os.environ.get("WORLD_SIZE", 1))
-        dev = default_device() if cfg["device"] == "auto" else cfg["device"]
-        if self.ddp:
-            torch.distributed.init_process_group(backend="nccl" if dev == "cuda" else "gloo")
-            if dev == "cuda":
-                dev = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-                torch.cuda.set_device(dev)
-        self.device = dev
-        self.device_type = "cuda" if dev.startswith("cuda") else dev
-        self.master = self.rank == 0        # only rank 0 logs and writes files
-        use_bf16 = cfg["dtype"] == "bfloat16" or (
-            cfg["dtype"] == "auto" and self.device_type == "cuda" and torch.cuda.is_bf16_supported())
-        self.dtype = "bfloat16" if use_bf16 else "float32"
-        self.use_compile = cfg["compile"] == "True" or (cfg["compile"] == "auto" and self.device_type == "cuda")
-        if self.device_type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        self.peak_flops = peak_flops(torch.cuda.get_device_name(dev)) if self.device_type == "cuda" else None
-
-    def autocast(self):
-        if self.dtype == "bfloat16":
-            return torch.autocast(device_type=self.device_type, dtype=torch.bfloat16)
-        return nullcontext()
-
-    def barrier(self):
-        if self.ddp:
-            torch.distributed.barrier()
-
-    def print(self, *args, **kw):
-        if self.master:
-            print(*args, **kw)
-
-
-def peak_flops(name):
-    """bf16 dense peak of the GPU, for MFU (as nanoGPT/nanochat report it); None if unknown."""
-    for key, flops in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40", 181e12),
-                       ("4090", 165e12), ("3090", 71e12), ("A10", 125e12)):
-        if key in name:
-            return flops
-    return None
-
-
-def flops_per_token(model, routing):
-    """6 * active params + attention (nanoGPT's estimate): MoE layers count only the experts a token uses."""
-    c = model.config
-    n = model.num_params() - model.transformer.wpe.weight.numel()
-    for moe in model.moe_modules():
-        per_expert = sum(p[0].numel() for p in (moe.w_fc, moe.w_proj, moe.b_fc, moe.b_proj) if p is not None)
-        n -= (moe.n_experts - (1 if routing == "group" else min(c.top_k, moe.n_experts))) * per_expert
-    return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -343,21 +281,6 @@ def train_stage(cfg, env, dataset, stage, model, adam=None):
     return model, adam_by_name(model, optimizer)
 
 
-def adam_by_name(model, optimizer):
-    """{param name: AdamW state}: an optimizer's state in a form the next stage's optimizer (of another
-    model object, e.g. the upcycled MoE: upcycle.upcycle_adam) can start from."""
-    return {n: optimizer.state[p] for n, p in model.named_parameters() if optimizer.state.get(p)}
-
-
-def load_adam_by_name(model, optimizer, adam):
-    """Start `optimizer` from adam_by_name() state (copied: several stages may start from one state)."""
-    names = {p: n for n, p in model.named_parameters()}
-    index = {names[p]: i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
-    sd = optimizer.state_dict()
-    sd["state"] = {index[n]: {k: v.clone() for k, v in s.items()} for n, s in adam.items() if n in index}
-    optimizer.load_state_dict(sd)
-
-
 class TrainLog:
     """OUT/logs/<stage>.jsonl (one JSON record per logged step), the progress bar, tokens/s and MFU, and the
     validation estimate every eval_interval steps. Rank 0 only. A stage that starts over rewrites its log; a
@@ -367,7 +290,7 @@ class TrainLog:
         self.cfg, self.env, self.stage, self.model, self.dataset = cfg, env, stage, model, dataset
         self.path = os.path.join(cfg["out"], "logs", stage.name + ".jsonl")
         self.tokens_per_step = cfg["batch_size"] * cfg["block_size"] * cfg["grad_accum"]
-        self.fpt = flops_per_token(model, stage.routing)
+        self.fpt = model.flops_per_token(stage.routing)
         self.file = self.bar = None
 
     def open(self, resume_step=None):
@@ -574,7 +497,10 @@ def report(cfg, env, dataset, lang_list, names, grp, variants, t_start):
         with open(path) as f:
             results = json.load(f)
     results.update(langs=lang_list, groups=grp["groups"], moe_layers=grp["moe_layers"],
-                   random_groups=variants["random"][0])
+                   random_groups=variants["random"][0],
+                   # the profile's stability: similarities of the repeats (disjoint halves of the text)
+                   # correlated, and the groups each repeat alone gives, compared by adjusted Rand index
+                   profile_stability={"repeat_corr": grp.get("repeat_corr"), "repeat_ari": grp.get("repeat_ari")})
 
     def scores(model, routing, lang_to_expert=None):
         res = evaluate(model, dataset, lang_list, split="val", block_size=cfg["block_size"],

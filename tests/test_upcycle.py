@@ -129,7 +129,7 @@ def test_upcycled_adam_state_takes_the_dense_step():
     """upcycle_adam gives every expert its dense FFN's AdamW moments: with every token routed to expert 0,
     the upcycled model's next AdamW step moves expert 0 (and everything shared) exactly as the dense model's
     next step moves the dense model."""
-    from train import adam_by_name, load_adam_by_name
+    from model import adam_by_name, load_adam_by_name
     from upcycle import upcycle_adam
     torch.manual_seed(0)
     dense = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=2, n_head=2, n_embd=16))
