@@ -6,11 +6,19 @@ New-language adaptation (docs/METHOD.md §7): give a trained DMoE model language
 1. Which existing expert is closest to the new languages? Their perplexity with every MoE layer forced
    to expert e, for each e; the lowest wins.
 2. Add one expert (in every MoE layer): a copy of that expert's FFN and of its router row (upcycle.add_expert).
-3. Train only the MoE layers on the new languages, routed to the new expert, with the router loss.
-Baselines on the same batches: the new expert copied from the LEAST similar expert, and the dense `cpt`
-model of the same run fine-tuned whole. The report: each method's new-language perplexity and how much
-the old languages' perplexity moved, under learned routing and routed to their own group's expert.
+3. Train it on the new languages, routed to the new expert, in one of these ways (same batches, --adapt_lr):
+   similar      the paper's: every MoE weight (experts and routers) trains, with the router loss;
+   dissimilar   the same, the new expert copied from the LEAST similar expert;
+   new_only     only the new expert and its router row train (a gradient mask), with the router loss;
+   new_only_replay  + a share of old-language text whose router loss keeps it on its own experts;
+   keep_out     new_only + replay, with the new router row first fitted, then trained, as a margin
+                classifier: new tokens rank the new expert first, old tokens keep it below their k-th
+                choice. An old token whose margin holds keeps its experts and weights exactly;
+   cpt          the baseline: the dense `cpt` model of the same run fine-tuned whole.
+The report: each method's new-language perplexity and how much the old languages' perplexity moved,
+under learned routing (the model as it runs) and routed to their own group's expert.
 """
+import json
 import os
 import sys
 
@@ -29,7 +37,7 @@ from tokenizer import Tokenizer
 from upcycle import add_expert
 
 # the settings that decide an adaptation's checkpoints: another value needs another --out
-KEYS = ("adapt", "adapt_from", "adapt_steps", "adapt_lr", "adapt_replay", "router_alpha", "seed", "batch_size", "grad_accum",
+KEYS = ("adapt", "adapt_from", "adapt_steps", "adapt_lr", "adapt_replay", "adapt_margin", "router_alpha", "seed", "batch_size", "grad_accum",
         "data_dir", "data_cache", "max_tokens_per_lang", "data_seed", "weight_decay", "beta1", "beta2", "grad_clip",
         "warmup_frac", "min_lr_frac", "sample_alpha", "dtype")
 
@@ -92,6 +100,55 @@ class KeepOut(train.Stage):
         return lm_loss + torch.stack(hinges).mean() if hinges else lm_loss
 
 
+@torch.no_grad()
+def router_inputs(model, dataset, lang_to_expert, batches, batch_size, block_size, seed):
+    """The inputs of every MoE layer's router, with the sequences group-routed as in training: a list, per
+    MoE layer, of (x (N, C) float32, expert (N,) int64: the token's group expert)."""
+    moes = model.moe_modules()
+    seen = [[] for _ in moes]
+    hooks = [moe.register_forward_pre_hook(lambda mod, args, i=i: seen[i].append(
+        (args[0].reshape(-1, args[0].shape[-1]).float(), args[1].repeat_interleave(args[0].shape[1]))))
+        for i, moe in enumerate(moes)]
+    to_expert = torch.tensor([lang_to_expert[l] for l in dataset.langs])
+    gen, probs = torch.Generator().manual_seed(seed), dataset.sampling_probs(0.3)
+    device = next(model.parameters()).device
+    try:
+        for _ in range(batches):
+            x, _, li = dataset.mixed_batch("train", batch_size, block_size, probs, gen, device)
+            model(x, expert_ids=to_expert[li.cpu()].to(device), routing="group")
+    finally:
+        for h in hooks:
+            h.remove()
+    return [(torch.cat([x for x, _ in s]), torch.cat([e for _, e in s]).cpu()) for s in seen]
+
+
+def fit_new_router_rows(model, inputs, top_k, margin, steps=300, lr=1e-2):
+    """Set the new expert's router row in every MoE layer to a margin classifier fitted on fixed router
+    inputs (router_inputs): new-language tokens should rank the new expert first, old-language tokens
+    should keep it below their k-th choice (the hinges of KeepOut). Done before the new expert trains,
+    because a row copied from an old expert starts tied with it for that expert's old tokens, and at an
+    adaptation learning rate it cannot move far enough in 100 steps. Returns the final hinge per layer."""
+    out = []
+    for moe, (x, expert) in zip(model.moe_modules(), inputs):
+        W = moe.router.weight.detach()
+        new = W.shape[0] - 1
+        z_old = (x.to(W.device) @ W[:new].float().T)                           # (N, E) fixed
+        kth = z_old.topk(min(top_k, new), dim=-1).values
+        is_new = (expert == new).to(W.device)
+        w = W[new].float().clone().requires_grad_(True)
+        opt = torch.optim.Adam([w], lr=lr)
+        for _ in range(steps):
+            z_new = x.to(W.device) @ w
+            loss = (F.relu(kth[is_new, 0] - z_new[is_new] + margin).mean()
+                    + F.relu(z_new[~is_new] - kth[~is_new, -1] + margin).mean())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        moe.router.weight.data[new] = w.detach().to(W.dtype)
+        out.append(float(loss))
+    return out
+
+
 class WithReplay:
     """The new languages' data plus a share of the old languages' text, as one dataset for train_stage.
     Old sequences go to their own (frozen) group experts, so they train nothing but the router loss of
@@ -117,9 +174,15 @@ class WithReplay:
     mixed_batch = data.Dataset.mixed_batch   # draws through self.langs, self.get_batch
 
 
+METHODS = ("similar", "dissimilar", "new_only", "new_only_replay", "keep_out", "cpt")
+
+
 def main(cfg):
     """Adapt cfg["adapt_from"] (a trained MoE checkpoint) to the languages cfg["adapt"]. Returns the report."""
     check_settings(cfg, train.VARIANTS)
+    wanted = [m.strip() for m in cfg["adapt_methods"].split(",") if m.strip()]
+    if not wanted or set(wanted) - set(METHODS):
+        raise SystemExit(f"error: --adapt_methods {cfg['adapt_methods']!r}: choose from {','.join(METHODS)}")
     if not cfg["adapt_from"]:
         raise SystemExit("error: --adapt needs --from CKPT, a trained MoE checkpoint such as out/dmoe.pt")
     src = train.checkpoint_or_exit(cfg["adapt_from"])
@@ -170,24 +233,31 @@ def main(cfg):
     def new_expert(name, copy_from, freeze, replay=0.0, stage_class=train.Stage, **extra):
         m = model_from_checkpoint(src, env.device)
         add_expert(m, copy_from)
+        if stage_class is KeepOut and not os.path.exists(os.path.join(cfg["out"], f"adapt_{name}.pt")):
+            # the new router row starts as a margin classifier fitted on new and old text (half each)
+            inputs = router_inputs(m, WithReplay(new_data, old_data, 0.5), l2e, 32, cfg["batch_size"],
+                                   cfg["block_size"], cfg["seed"])
+            hinge = fit_new_router_rows(m, inputs, m.config.top_k, cfg["adapt_margin"])
+            env.print(f"[adapt_{name}] new router rows fitted: hinge " + " ".join(f"{h:.3f}" for h in hinge))
         stage = stage_class(f"adapt_{name}", cfg["adapt_steps"], cfg["adapt_lr"], "adapt", routing="group",
                             lang_to_expert=l2e, router_coef=0.0 if stage_class is KeepOut else cfg["router_alpha"],
                             freeze=freeze,
                             meta=dict(meta, copied=copy_from, method=name), **extra)
         return train.train_stage(cfg, env, WithReplay(new_data, old_data, replay) if replay else new_data, stage, m)[0]
-    models = {"before": model,
-              # the paper's: all MoE weights train, the new expert copied from the most / least similar one
-              "similar": new_expert("similar", best, moe_only),
-              "dissimilar": new_expert("dissimilar", worst, moe_only),
-              # only the new expert and its router row train; + replay: old text, router loss to their own expert
-              "new_only": new_expert("new_only", best, new_expert_only),
-              "new_only_replay": new_expert("new_only_replay", best, new_expert_only, cfg["adapt_replay"]),
-              # + keep out: margins instead of the router loss, the new expert first for new tokens and
-              #   below every old token's k-th choice
-              "keep_out": new_expert("keep_out", best, new_expert_only, cfg["adapt_replay"], KeepOut,
-                                     top_k=model.config.top_k)}
+    methods = {
+        # the paper's: all MoE weights train, the new expert copied from the most / least similar one
+        "similar": lambda: new_expert("similar", best, moe_only),
+        "dissimilar": lambda: new_expert("dissimilar", worst, moe_only),
+        # only the new expert and its router row train; + replay: old text, router loss to their own expert
+        "new_only": lambda: new_expert("new_only", best, new_expert_only),
+        "new_only_replay": lambda: new_expert("new_only_replay", best, new_expert_only, cfg["adapt_replay"]),
+        # + keep out: margins instead of the router loss, the new expert first for new tokens and
+        #   below every old token's k-th choice
+        "keep_out": lambda: new_expert("keep_out", best, new_expert_only, cfg["adapt_replay"], KeepOut,
+                                       top_k=model.config.top_k, margin=cfg["adapt_margin"])}
+    models = {"before": model, **{name: make() for name, make in methods.items() if name in wanted}}
     cpt_path = os.path.join(run_dir, "cpt.pt")
-    if os.path.exists(cpt_path):   # the dense baseline: all of cpt fine-tuned on the same batches
+    if "cpt" in wanted and os.path.exists(cpt_path):   # the dense baseline: all of cpt fine-tuned, same batches
         models["cpt_before"] = model_from_checkpoint(load_checkpoint(cpt_path), env.device)
         models["cpt_finetune"], _ = train.train_stage(
             cfg, env, new_data, train.Stage("adapt_cpt", cfg["adapt_steps"], cfg["adapt_lr"], "adapt"),
@@ -208,8 +278,11 @@ def main(cfg):
             r["new_group"] = evaluate(m, new_data, new_langs, routing="group", lang_to_expert=l2e, **kw)
         report["methods"][name] = {k: {l: {m_: v[m_] for m_ in ("loss", "ppl", "bpb")} for l, v in res.items()}
                                    for k, res in r.items()}
-    print(adapt_table(report))
     path = os.path.join(cfg["out"], "adapt.json")
+    if os.path.exists(path):   # a rerun with fewer --adapt_methods keeps the other methods' numbers
+        with open(path) as f:
+            report["methods"] = {**json.load(f)["methods"], **report["methods"]}
+    print(adapt_table(report))
     save_json(report, path)
     print(f"\nwrote {path}")
     return report

@@ -95,7 +95,7 @@ def check_settings(cfg, known_variants):
     need(cfg["stage1_steps"] + cfg["stage2_steps"] >= 1, "--stage1_steps + --stage2_steps must be at least 1")
     for k in ("base_lr", "lr", "profile_lr", "adapt_lr"):
         need(math.isfinite(cfg[k]) and cfg[k] > 0, f"--{k} must be a positive number, got {cfg[k]}")
-    for k in ("weight_decay", "grad_clip", "sample_alpha", "router_alpha", "balance_coef", "z_coef"):
+    for k in ("weight_decay", "grad_clip", "sample_alpha", "router_alpha", "balance_coef", "z_coef", "adapt_margin"):
         need(math.isfinite(cfg[k]) and cfg[k] >= 0, f"--{k} must be 0 or more, got {cfg[k]}")
     for k in ("dropout", "beta1", "beta2", "warmup_frac", "adapt_replay"):
         need(0 <= cfg[k] < 1, f"--{k} must be in [0, 1), got {cfg[k]}")
@@ -107,6 +107,7 @@ def check_settings(cfg, known_variants):
     need(cfg["vocab_size"] >= 320 and cfg["vocab_size"] % 64 == 0,
          f"--vocab_size must be a multiple of 64 and at least 320, got {cfg['vocab_size']}")
     need(cfg["profile_method"] in ("adam", "gradient"), f"--profile_method {cfg['profile_method']!r}: choose adam or gradient")
+    need(cfg["profile_split"] in ("parallel", "train"), f"--profile_split {cfg['profile_split']!r}: choose parallel or train")
     need(cfg["profile_method"] == "adam" or cfg["profile_windows"] >= cfg["profile_repeats"],
          "--profile_windows must be at least --profile_repeats (every half needs a window)")
     need(cfg["group_method"] in GROUP_METHODS,

@@ -143,6 +143,11 @@ def gradient_deltas(model, data, lang, names, lr, windows, block_size, device, b
         raise FloatingPointError(f"{lang}: the loss or its gradient is not finite")
     return {n: -lr * g for n, g in grads.items()}, [total, total]
 
+def text_split(data, lang, split, block_size):
+    """The split the gradient estimate reads: `split`, unless it holds less than one window of this
+    language (a user corpus has no parallel text), then the training text."""
+    return split if len(data.tokens(lang, split)) > block_size else "train"
+
 def _norm(deltas, names):
     return math.sqrt(sum(float(deltas[n].pow(2).sum()) for n in names))
 
@@ -151,7 +156,7 @@ def _norm(deltas, names):
 
 def profile_languages(model, data, langs, method="adam", steps=10, lr=1e-4, batch_size=16, block_size=None,
                       last_layers=None, seed=0, device="cpu", repeats=3, windows=256, center=False,
-                      progress=True, rank=0, world=1):
+                      split="train", progress=True, rank=0, world=1):
     """Profile every language in `langs` (docs/METHOD.md §2). `data` needs only
     get_batch(split, lang, batch_size, block_size, generator, device) -> (x, y), e.g. data.Dataset.
 
@@ -208,10 +213,10 @@ def profile_languages(model, data, langs, method="adam", steps=10, lr=1e-4, batc
     for r in range(repeats):
         mine = {}  # lang -> (ffn norms, attn norms, losses, deviation vector) for this rank's languages
         for lang in langs[rank::world]:
-            if method == "gradient":   # repeat r: every repeats-th window of one fixed, spread sample
-                x, y = data.spread_windows(lang, "train", block_size, windows)
-                deltas, losses = gradient_deltas(model, data, lang, sorted(names), lr,
-                                                 (x[r::repeats].contiguous(), y[r::repeats].contiguous()),
+            if method == "gradient":   # repeat r: the r-th of `repeats` consecutive parts of a fixed, spread
+                x, y = data.spread_windows(lang, text_split(data, lang, split, block_size), block_size, windows)
+                deltas, losses = gradient_deltas(model, data, lang, sorted(names), lr,   # sample of the text
+                                                 (x.chunk(repeats)[r].contiguous(), y.chunk(repeats)[r].contiguous()),
                                                  block_size, device, batch_size)
             else:
                 deltas, losses = finetune_deltas(model, data, lang, names, steps, lr, batch_size, block_size,
@@ -259,6 +264,7 @@ def profile_languages(model, data, langs, method="adam", steps=10, lr=1e-4, batc
         "loss": {l: np.mean(loss[l], axis=0).tolist() if steps > 0 else [None, None] for l in langs},
         "config": {"method": method, "steps": steps, "lr": lr, "batch_size": batch_size, "block_size": block_size,
                    "last_layers": last_layers, "repeats": repeats, "seed": seed, "windows": windows, "center": center,
+                   "split": {l: text_split(data, l, split, block_size) for l in langs} if method == "gradient" else "train",
                    "tokens_per_lang": (windows if method == "gradient" else steps * batch_size * repeats) * block_size,
                    "seconds": round(time.time() - t0, 1)},
         "vectors": vectors,

@@ -39,7 +39,11 @@ AXES = {
 # what the dense base depends on: points equal in these share it
 BASE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "vocab_size", "batch_size", "grad_accum",
              "base_steps", "base_lr", "sample_alpha", "profile_method", "profile_steps", "profile_lr",
-             "profile_batch", "profile_repeats", "profile_windows", "profile_center", "last_layers")
+             "profile_batch", "profile_repeats", "profile_windows", "profile_center", "profile_split", "last_layers")
+# ... and what the dense cpt baseline depends on besides (not the groups, not top_k): points equal in
+# these share cpt too
+CPT_KEYS = BASE_KEYS + ("stage1_steps", "stage2_steps", "lr")
+SHARED = {BASE_KEYS: ("base.pt", "profile.json"), CPT_KEYS: ("cpt_stage1.pt", "cpt.pt")}
 
 
 def resolve(overrides, cfg):
@@ -74,6 +78,15 @@ def averages(res):
     return out
 
 
+def share(out, shared):
+    """Offer a finished run's dense stages to the points that can reuse them."""
+    for keys, files in SHARED.items():
+        os.makedirs(shared[keys], exist_ok=True)
+        for f in files:
+            if os.path.exists(os.path.join(out, f)) and not os.path.exists(os.path.join(shared[keys], f)):
+                shutil.copy(os.path.join(out, f), os.path.join(shared[keys], f))
+
+
 def run_point(axis, name, overrides, seed, variants):
     cfg = dict(train.DEFAULTS)
     settings = dict(resolve(overrides, cfg), seed=seed)
@@ -83,12 +96,14 @@ def run_point(axis, name, overrides, seed, variants):
     command = "python train.py " + " ".join(args + ["--variants", variants, "--out", os.path.relpath(out, ROOT)])
     res_path = os.path.join(out, "results.json")
     done = os.path.exists(res_path) and set(variants.split(",")) <= set(json.load(open(res_path))["variants"])
-    shared = os.path.join(ROOT, "runs", "sweep", "_base", "-".join(str(cfg[k]) for k in BASE_KEYS), f"s{seed}")
+    shared = {keys: os.path.join(ROOT, "runs", "sweep", "_shared", "-".join(str(cfg[k]) for k in keys), f"s{seed}")
+              for keys in SHARED}
     if not done:
         os.makedirs(out, exist_ok=True)
-        for f in ("base.pt", "profile.json"):
-            if os.path.exists(os.path.join(shared, f)) and not os.path.exists(os.path.join(out, f)):
-                shutil.copy(os.path.join(shared, f), os.path.join(out, f))
+        for keys, files in SHARED.items():   # stages another point already trained: train.py skips them
+            for f in files:
+                if os.path.exists(os.path.join(shared[keys], f)) and not os.path.exists(os.path.join(out, f)):
+                    shutil.copy(os.path.join(shared[keys], f), os.path.join(out, f))
         t0 = time.time()
         print(f"[sweep] {command}", flush=True)
         with open(os.path.join(out, "train.log"), "w") as log:
@@ -97,10 +112,7 @@ def run_point(axis, name, overrides, seed, variants):
         if rc:
             raise SystemExit(f"error: {command} failed (exit {rc}); see {out}/train.log")
         print(f"[sweep] {axis}/{name} seed {seed}: {(time.time() - t0) / 60:.1f} min", flush=True)
-        os.makedirs(shared, exist_ok=True)
-        for f in ("base.pt", "profile.json"):
-            if not os.path.exists(os.path.join(shared, f)):
-                shutil.copy(os.path.join(out, f), os.path.join(shared, f))
+        share(out, shared)
     with open(res_path) as f:
         res = json.load(f)
     return {"command": command, "avg_ppl": averages(res), "groups": res["groups"], "minutes": res.get("minutes"),

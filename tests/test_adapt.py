@@ -82,11 +82,12 @@ def test_adaptation_rejects_bad_languages(run):
 
 
 def test_new_expert_only_keeps_every_old_weight(run):
-    """new_only / new_only_replay: the gradient mask leaves the old experts and router rows bit-identical."""
+    """new_only / new_only_replay / keep_out: the gradient mask (and keep_out's fitted new row) leave the old
+    experts and router rows bit-identical."""
     adapt(run)
     src = load_checkpoint(str(run / "dmoe.pt"))
     E_old = src["model_args"]["n_experts"]
-    for method in ("new_only", "new_only_replay"):
+    for method in ("new_only", "new_only_replay", "keep_out"):
         new = load_checkpoint(str(run / "adapt" / f"adapt_{method}.pt"))
         moved = 0
         for k, v in src["model"].items():
@@ -99,16 +100,31 @@ def test_new_expert_only_keeps_every_old_weight(run):
         assert moved > 0, method          # the new expert and its router row did train
 
 
-def test_learned_routing_forgetting_bound(run):
-    """The old languages, run as trained (learned router), move by at most 0.5% with new_only_replay,
-    while the new language gains. The paper's method (today's default, "similar") breaks that bound here."""
-    rep = adapt(run)
-    avg = lambda r: sum(v["ppl"] for v in r.values()) / len(r)
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small MoE trained long enough that its experts differ (the `run` fixture's barely do)."""
+    out = tmp_path_factory.mktemp("trained")
+    train.main(["--preset", "tiny", "--langs", "ar,de,ru,uk,hi,ja", "--n_groups", "3", "--variants", "dmoe",
+                "--base_steps", "120", "--stage2_steps", "40", "--out", str(out), "--data_cache", str(out / "cache")])
+    return out
+
+
+def test_learned_routing_forgetting_bound(trained):
+    """Belarusian added to a model that knows ru/uk. Run as trained (learned router), the old languages
+    move by at most 0.5% with keep_out, while be gains. The paper's method ("similar": the new expert and
+    its router row copied, all MoE weights train) breaks that bound on the same batches: old tokens
+    follow the copied router row to the new expert."""
+    rep = train.main(["--preset", "tiny", "--adapt", "be", "--from", str(trained / "dmoe.pt"),
+                      "--adapt_steps", "60", "--adapt_lr", "1e-3", "--adapt_methods", "similar,keep_out",
+                      "--data_cache", str(trained / "cache-be"), "--out", str(trained / "adapt")])
+    avg = lambda r: sum(v["ppl"] for v in r.values()) / len(r)   # noqa: E731
     m = rep["methods"]
-    change = lambda name: avg(m[name]["old"]) / avg(m["before"]["old"]) - 1
-    assert abs(change("new_only_replay")) <= 0.005, change("new_only_replay")
-    assert avg(m["new_only_replay"]["new"]) < avg(m["before"]["new"])
-    assert change("similar") > 0.005, change("similar")   # the bound is not trivially met
+    change = lambda name: avg(m[name]["old"]) / avg(m["before"]["old"]) - 1   # noqa: E731
+    assert abs(change("keep_out")) <= 0.005, change("keep_out")
+    assert avg(m["keep_out"]["new"]) < 0.95 * avg(m["before"]["new"])
+    assert change("similar") > 0.005, change("similar")   # the bound is not met by today's method
+    # and under group routing the old languages stay exactly where they were, with either method
+    assert avg(m["keep_out"]["old_group"]) == avg(m["before"]["old_group"]) == avg(m["similar"]["old_group"])
 
 
 def test_another_setting_gets_its_own_folder_or_is_refused(run):

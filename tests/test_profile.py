@@ -152,3 +152,30 @@ def test_cli(tmp_path, model, data, monkeypatch, capsys):
     r = subprocess.run([sys.executable, "profile.py", "--help"], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0 and "--last_layers" in r.stdout
+
+
+def test_the_same_base_gives_the_same_groups_at_one_and_two_threads(tmp_path):
+    """Thread counts change floating-point summation order; the default profile (gradient on fixed spread
+    windows) and the groups made from it must not notice (the groups are a measurement, not noise)."""
+    import data as D
+    import group as G
+    import train
+    from model import load_checkpoint, model_from_checkpoint
+    out, cache = tmp_path / "run", str(tmp_path / "cache")
+    train.main(["--preset", "tiny", "--langs", "ar,de,hi,bn,nl,ru,uk,ur", "--n_groups", "4", "--variants", "cpt",
+                "--stage1_steps", "0", "--stage2_steps", "1", "--out", str(out), "--data_cache", cache])
+    base = model_from_checkpoint(load_checkpoint(str(out / "base.pt")))
+    ds = D.Dataset.load(cache)
+    threads = torch.get_num_threads()
+    sims, groups = [], []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            prof = P.profile_languages(base, ds, ds.langs, method="gradient", windows=32, repeats=2, lr=1e-3,
+                                       block_size=64, center=True, progress=False)
+            sims.append(np.asarray(prof["similarity"]))
+            groups.append(G.make_groups(prof, 4)["groups"])
+    finally:
+        torch.set_num_threads(threads)
+    assert np.abs(sims[0] - sims[1]).max() < 1e-4
+    assert groups[0] == groups[1]
