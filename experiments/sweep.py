@@ -124,6 +124,7 @@ def main(argv=None):
     p.add_argument("axis", nargs="?", choices=list(AXES))
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--variants", default="cpt,dmoe,random")
+    p.add_argument("--points", default="", help="comma list of the axis' points to run (default: all)")
     p.add_argument("--list", action="store_true")
     args = p.parse_args(argv)
     if args.list or not args.axis:
@@ -134,9 +135,18 @@ def main(argv=None):
     path = os.path.join(ROOT, "experiments", "sweep", f"{args.axis}.json")
     report = {"axis": args.axis, "defaults": {k: train.DEFAULTS[k] for k in BASE_KEYS + (
         "stage1_steps", "stage2_steps", "lr", "top_k", "n_groups")}, "points": []}
+    if os.path.exists(path):   # points measured before (e.g. with --points) are kept
+        with open(path) as f:
+            report["points"] = json.load(f)["points"]
+    wanted = args.points.split(",") if args.points else [name for name, _ in AXES[args.axis]]
     for name, overrides in AXES[args.axis]:
+        if name not in wanted:
+            continue
         runs = {str(s): run_point(args.axis, name, overrides, s, args.variants) for s in seeds}
+        report["points"] = [p for p in report["points"] if p["name"] != name]
         report["points"].append({"name": name, "overrides": resolve(overrides, dict(train.DEFAULTS)), "seeds": runs})
+        order = [n for n, _ in AXES[args.axis]]
+        report["points"].sort(key=lambda p: order.index(p["name"]))
         save_json(report, path)   # after every point: a stopped sweep keeps what it measured
     print(f"wrote {path}")
 
