@@ -125,5 +125,5 @@ def test_a_variants_subset_rerun_keeps_the_other_numbers(tmp_path, cache):
 def test_profiling_divergence_is_one_line(tmp_path, cache):
     out = tmp_path / "run"
     with pytest.raises(SystemExit, match=r"\[profile\] \w+: the fine-tuning loss is not finite at step \d+; lower --profile_lr"):
-        run(out, cache, "--variants", "cpt", *QUICK, "--profile_steps", "5", "--profile_lr", "1e8")
+        run(out, cache, "--variants", "cpt", *QUICK, "--profile_method", "adam", "--profile_steps", "5", "--profile_lr", "1e8")
     assert not (out / "profile.json").exists() and load_checkpoint(str(out / "base.pt"))["done"]
