@@ -132,13 +132,14 @@ def fit_new_router_rows(model, inputs, top_k, margin, steps=300, lr=1e-2):
     for moe, (x, expert) in zip(model.moe_modules(), inputs):
         W = moe.router.weight.detach()
         new = W.shape[0] - 1
-        z_old = (x.to(W.device) @ W[:new].float().T)                           # (N, E) fixed
+        x = x.to(W.device)
+        z_old = x @ W[:new].float().T                                          # (N, E) fixed
         kth = z_old.topk(min(top_k, new), dim=-1).values
         is_new = (expert == new).to(W.device)
         w = W[new].float().clone().requires_grad_(True)
         opt = torch.optim.Adam([w], lr=lr)
         for _ in range(steps):
-            z_new = x.to(W.device) @ w
+            z_new = x @ w
             loss = (F.relu(kth[is_new, 0] - z_new[is_new] + margin).mean()
                     + F.relu(z_new[~is_new] - kth[~is_new, -1] + margin).mean())
             opt.zero_grad()

@@ -210,12 +210,16 @@ def profile_languages(model, data, langs, method="adam", steps=10, lr=1e-4, batc
         bar = tqdm(total=len(langs[rank::world]) * repeats, desc="profile", disable=not progress, leave=False)
     except ImportError:
         bar = None
+    # gradient: a fixed sample of each language's text, spread over it; repeat r reads its r-th of `repeats`
+    # consecutive parts
+    sample = {lang: data.spread_windows(lang, text_split(data, lang, split, block_size), block_size, windows)
+              for lang in langs[rank::world]} if method == "gradient" else {}
     for r in range(repeats):
         mine = {}  # lang -> (ffn norms, attn norms, losses, deviation vector) for this rank's languages
         for lang in langs[rank::world]:
-            if method == "gradient":   # repeat r: the r-th of `repeats` consecutive parts of a fixed, spread
-                x, y = data.spread_windows(lang, text_split(data, lang, split, block_size), block_size, windows)
-                deltas, losses = gradient_deltas(model, data, lang, sorted(names), lr,   # sample of the text
+            if method == "gradient":
+                x, y = sample[lang]
+                deltas, losses = gradient_deltas(model, data, lang, sorted(names), lr,
                                                  (x.chunk(repeats)[r].contiguous(), y.chunk(repeats)[r].contiguous()),
                                                  block_size, device, batch_size)
             else:
