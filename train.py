@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 import data
 import group
+from corpora import planted
 from common import Env, save_json
 from config import RunDir, check_settings, parse_args
 from eval import compare_table, evaluate, summarize
@@ -42,7 +43,7 @@ max_tokens_per_lang = 0      # read at most this many tokens of each language of
 vocab_size = 8192            # compact vocabulary: 256 bytes + EOT + the most frequent o200k tokens
 seed = 0                     # every random choice of training: init, batches, profiling, random groups
 data_seed = 0                # the train/val split of the documents (apart, so that seeds share a test set)
-preset = "default"           # default | tiny | gpu | gpu_large   (see PRESETS below)
+preset = "default"           # default | tiny | planted | gpu | gpu_large   (see PRESETS below)
 # model
 n_layer = 4
 n_head = 2
@@ -117,6 +118,11 @@ PRESETS = {
     # ~4 epochs (800 steps x 32 x 128 = 3.3M tokens) and doubles the width (1.9M parameters)
     "gpu": dict(n_head=4, n_embd=128, batch_size=32, base_steps=800, base_lr=3e-3, profile_windows=512,
                 stage1_steps=10, stage2_steps=90, log_interval=10, eval_interval=100, eval_windows=64),
+    # the planted world of corpora/planted.py (9 languages in 3 known families, a new world per --seed):
+    # a model small enough that the families compete for it, on a CPU in about a minute
+    "planted": dict(data_dir="planted", langs="9", out="out-planted", vocab_size=320, n_layer=2, n_head=2,
+                    n_embd=32, block_size=64, batch_size=32, base_steps=1000, base_lr=1e-2, profile_windows=128,
+                    n_groups=3, stage1_steps=100, stage2_steps=400, lr=3e-3, top_k=1, variants="cpt,dmoe,random"),
     # one GPU, a user corpus (--data_dir): GPT-2-small shape (111M parameters), 0.5M-token batches;
     # base 5,000 steps = 2.6B tokens = 24 tokens per parameter (Chinchilla-optimal is ~20), then 0.5B more
     "gpu_large": dict(vocab_size=32768, n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=32,
@@ -235,6 +241,8 @@ def train_stage(cfg, env, dataset, stage, model, adam=None):
             save_checkpoint(path, {
                 "model": model.state_dict(), "model_args": model.config.__dict__.copy(),
                 "optimizer": optimizer.state_dict(), "rng": gen.get_state(), "step": step, "done": done,
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(env.device) if cuda else None,
                 "stage": stage.name, "config": cfg, "vocab": dataset.tokenizer.state_dict(),
                 "langs": dataset.langs, "groups": stage.meta.get("groups"),
                 "lang_to_expert": stage.meta.get("lang_to_expert"), "meta": stage.meta})
@@ -250,7 +258,18 @@ def train_stage(cfg, env, dataset, stage, model, adam=None):
 
     ckpt_step = step
     model.train()
-    try:   # the progress bar and the log are closed however the stage ends
+    # dropout draws from torch's global generators: each stage gets its own, seeded from --seed and the
+    # stage's name (restored on resume), so a killed run resumes exactly and no stage's draws move another's
+    cuda = [env.device] if env.device_type == "cuda" else []
+    rng_scope = torch.random.fork_rng(devices=cuda)
+    rng_scope.__enter__()
+    if ckpt and "torch_rng" in ckpt:
+        torch.set_rng_state(ckpt["torch_rng"])
+        if cuda and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], env.device)
+    else:
+        torch.manual_seed(cfg["seed"] * 1000 + sum(map(ord, stage.name)) + 7)
+    try:   # the progress bar, the log and the generators' scope are closed however the stage ends
         while step < stage.steps:
             lr_now = lr_at(step, stage.steps, stage.peak_lr, cfg)
             for g in optimizer.param_groups:
@@ -279,9 +298,10 @@ def train_stage(cfg, env, dataset, stage, model, adam=None):
             if checkpoint:   # on every rank: save() ends in a barrier
                 save(done=False)
                 ckpt_step = step
+        save(done=True)
     finally:
         log.close()
-    save(done=True)
+        rng_scope.__exit__(None, None, None)
     return model, adam_by_name(model, optimizer)
 
 
@@ -367,6 +387,8 @@ def main(argv):
     if cfg["adapt"]:                       # new languages for a trained MoE: adapt.py
         import adapt
         return adapt.main(cfg)
+    if cfg["data_dir"] == "planted":       # the synthetic world where the right groups are known, one per seed
+        cfg["data_dir"] = planted.write(os.path.join("data_cache", f"planted-{cfg['seed']}"), cfg["seed"])
     cfg["data_cache"] = cfg["data_cache"] or default_data_cache(cfg)
     lang_list = check_settings(cfg, VARIANTS)   # every refusal happens here, before any work
     env = Env(cfg)
@@ -506,6 +528,9 @@ def report(cfg, env, dataset, lang_list, names, grp, variants, t_start):
                    # the profile's stability: similarities of the repeats (disjoint halves of the text)
                    # correlated, and the groups each repeat alone gives, compared by adjusted Rand index
                    profile_stability={"repeat_corr": grp.get("repeat_corr"), "repeat_ari": grp.get("repeat_ari")})
+    truth = planted.true_groups(cfg["data_dir"])     # a planted world knows the right groups
+    if truth:
+        results.update(true_groups=truth, true_groups_ari=group.adjusted_rand_index(grp["groups"], truth))
 
     def scores(model, routing, lang_to_expert=None):
         res = evaluate(model, dataset, lang_list, split="val", block_size=cfg["block_size"],
@@ -536,6 +561,9 @@ def report(cfg, env, dataset, lang_list, names, grp, variants, t_start):
         forced = {v: summarize(r)["ppl"] for v, r in results["forced_group"].items()}
         print("\navg ppl with every language forced to its group's expert (learned routing above): "
               + ", ".join(f"{v} {p:.2f}" for v, p in forced.items()))
+    if truth:
+        print(f"\nthe planted families {truth}: the profile's groups match them at adjusted Rand index "
+              f"{results['true_groups_ari']:.2f} (1.00 = recovered exactly)")
     save_json(results, path)
     print(f"\nwrote {path} ({results['minutes']} min)")
     return results

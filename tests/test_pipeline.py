@@ -54,8 +54,12 @@ def test_tiny_pipeline_writes_every_variant_and_language(tmp_path, cache):
     assert again["variants"] == res["variants"]
 
 
-def test_killed_stage_resumes_to_the_same_weights(tmp_path, cache, monkeypatch):
-    args = ["--variants", "cpt", "--base_steps", "20", "--ckpt_interval", "5", "--eval_interval", "100"]
+@pytest.mark.parametrize("dropout,stage", [("0.0", "base"), ("0.1", "base"), ("0.1", "cpt")])
+def test_killed_stage_resumes_to_the_same_weights(tmp_path, cache, monkeypatch, dropout, stage):
+    """Killed after a checkpoint and run again, every weight ends bit for bit as in an uninterrupted run,
+    with dropout too (its generator state is in the checkpoint), and whichever stage was cut."""
+    args = ["--variants", "cpt", "--base_steps", "20", "--ckpt_interval", "5", "--eval_interval", "100",
+            "--dropout", dropout]
     straight = tmp_path / "straight"
     run(straight, cache, *args)
 
@@ -63,13 +67,13 @@ def test_killed_stage_resumes_to_the_same_weights(tmp_path, cache, monkeypatch):
     real_lr_at = train.lr_at
 
     def dying_lr_at(step, steps, peak, cfg):
-        if step == 12:   # in the middle of the base stage, after the checkpoint of step 10
+        if step == 12 and (steps == 20) == (stage == "base"):   # mid-stage, after the checkpoint of step 10
             raise KeyboardInterrupt
         return real_lr_at(step, steps, peak, cfg)
     monkeypatch.setattr(train, "lr_at", dying_lr_at)
     with pytest.raises(KeyboardInterrupt):
         run(killed, cache, *args)
-    partial = load_checkpoint(str(killed / "base.pt"))
+    partial = load_checkpoint(str(killed / f"{stage}.pt"))
     assert partial["step"] == 10 and not partial["done"]
     monkeypatch.setattr(train, "lr_at", real_lr_at)
     run(killed, cache, *args)

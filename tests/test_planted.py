@@ -1,0 +1,35 @@
+"""The method end to end on the planted world (corpora/planted.py), where the right groups are known."""
+import json
+
+import numpy as np
+
+import train
+from corpora import planted
+
+
+def test_the_world_is_deterministic_and_planted(tmp_path):
+    a, b = planted.write(str(tmp_path / "a"), seed=3), planted.write(str(tmp_path / "b"), seed=3)
+    for name in ["l0.jsonl", "l8.jsonl", "families.json"]:
+        assert open(f"{a}/{name}").read() == open(f"{b}/{name}").read(), name
+    chains, families = planted.world(3)
+    assert planted.true_groups(a) == families and sorted(l for f in families for l in f) == sorted(chains)
+    assert planted.world(4)[1] != families or not np.array_equal(planted.world(4)[0]["l0"], chains["l0"])
+    for lang, P in chains.items():                        # each row a distribution over SUCCESSORS words
+        assert np.allclose(P.sum(1), 1) and ((P > 0).sum(1) == len(planted.SUCCESSORS)).all(), lang
+    # languages of a family share most rows; languages of different families almost none
+    share = lambda x, y: np.mean([np.array_equal(r, s) for r, s in zip(chains[x], chains[y])])
+    f0, f1 = families[0], families[1]
+    assert share(f0[0], f0[1]) > 0.5 and share(f0[0], f1[0]) < 0.1
+
+
+def test_the_profile_recovers_the_planted_families(tmp_path):
+    """profile -> similarity -> groups must find the planted families exactly (this fails, for example, when
+    the similarity is computed with languages swapped); results.json records the truth beside them."""
+    data_dir = planted.write(str(tmp_path / "world"), seed=0)
+    res = train.main(["--preset", "planted", "--data_dir", data_dir, "--data_cache", str(tmp_path / "cache"),
+                      "--out", str(tmp_path / "out"), "--variants", "dmoe", "--stage1_steps", "5",
+                      "--stage2_steps", "5", "--eval_windows", "2"])
+    on_disk = json.load(open(tmp_path / "out" / "results.json"))
+    assert on_disk["true_groups"] == planted.true_groups(data_dir) == res["true_groups"]
+    assert sorted(map(sorted, on_disk["groups"])) == sorted(on_disk["true_groups"])
+    assert on_disk["true_groups_ari"] == 1.0
