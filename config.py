@@ -16,6 +16,9 @@ import torch
 
 import corpus
 from common import save_json
+from tokenizer import O200K_N_VOCAB
+
+MAX_VOCAB = -(-(O200K_N_VOCAB + 1) // 64) * 64   # a compact vocabulary can hold every o200k id, rounded to 64
 
 GROUP_METHODS = ("agglomerative", "minmax", "seed")
 
@@ -106,6 +109,8 @@ def check_settings(cfg, known_variants):
     need(cfg["last_layers"] <= cfg["n_layer"], f"--last_layers {cfg['last_layers']} > --n_layer {cfg['n_layer']}")
     need(cfg["vocab_size"] >= 320 and cfg["vocab_size"] % 64 == 0,
          f"--vocab_size must be a multiple of 64 and at least 320, got {cfg['vocab_size']}")
+    need(cfg["vocab_size"] <= MAX_VOCAB, f"--vocab_size {cfg['vocab_size']} is more than o200k has "
+         f"(at most {MAX_VOCAB}: 256 bytes + EOT + every merged o200k token); choose a smaller one")
     need(cfg["profile_method"] in ("adam", "gradient"), f"--profile_method {cfg['profile_method']!r}: choose adam or gradient")
     need(cfg["profile_split"] in ("parallel", "train"), f"--profile_split {cfg['profile_split']!r}: choose parallel or train")
     need(cfg["profile_method"] == "adam" or cfg["profile_windows"] >= cfg["profile_repeats"],

@@ -202,6 +202,6 @@ class Tokenizer:
 
 
 def check_vocab_size(vocab_size):
-    if not isinstance(vocab_size, int) or vocab_size % 64 or vocab_size < 320:
-        raise ValueError(f"vocab_size={vocab_size}: must be a multiple of 64 and at least 320 "
-                         f"(256 bytes + EOT + merged tokens)")
+    if not isinstance(vocab_size, int) or vocab_size % 64 or not 320 <= vocab_size <= O200K_N_VOCAB + 64:
+        raise ValueError(f"vocab_size={vocab_size}: must be a multiple of 64, at least 320 and at most "
+                         f"{O200K_N_VOCAB + 64} (256 bytes + EOT + merged tokens)")

@@ -570,4 +570,7 @@ def report(cfg, env, dataset, lang_list, names, grp, variants, t_start):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except KeyboardInterrupt:   # Ctrl-C: the last checkpoint of every stage is kept
+        raise SystemExit("\ninterrupted: run the same command again to resume from the last checkpoint")

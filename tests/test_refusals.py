@@ -40,6 +40,7 @@ def run(out, cache, *extra):
     (["--dropout", "1.5"], r"--dropout must be in \[0, 1\)"),
     (["--lr", "0"], "--lr must be a positive number"),
     (["--group_method", "kmeans"], "--group_method 'kmeans'"),
+    (["--vocab_size", "10000000"], "--vocab_size 10000000 is more than o200k has"),
 ])
 def test_bad_settings_are_refused_before_any_work(tmp_path, cache, extra, message):
     out = tmp_path / "run"
@@ -127,3 +128,24 @@ def test_profiling_divergence_is_one_line(tmp_path, cache):
     with pytest.raises(SystemExit, match=r"\[profile\] \w+: the fine-tuning loss is not finite at step \d+; lower --profile_lr"):
         run(out, cache, "--variants", "cpt", *QUICK, "--profile_method", "adam", "--profile_steps", "5", "--profile_lr", "1e8")
     assert not (out / "profile.json").exists() and load_checkpoint(str(out / "base.pt"))["done"]
+
+
+def test_ctrl_c_is_one_line_that_says_how_to_resume(tmp_path, cache):
+    import signal
+    import subprocess
+    import sys
+    import time
+    out = tmp_path / "run"
+    cmd = [sys.executable, "train.py", *SMALL, "--out", str(out), "--data_cache", cache, "--base_steps", "100000",
+           "--ckpt_interval", "5"]
+    p = subprocess.Popen(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while not (out / "base.pt").exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert err.rstrip().splitlines()[-1] == "interrupted: run the same command again to resume from the last checkpoint"
+    assert load_checkpoint(str(out / "base.pt"))["step"] >= 5
