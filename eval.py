@@ -533,8 +533,11 @@ def main(argv=None):
             except FileNotFoundError as e:
                 raise SystemExit(f"error: {e} (or pass --data_cache DIR)")
         data = datasets[cache]
-        if ckpt.get("vocab") and hasattr(data.tokenizer, "state_dict") and ckpt["vocab"] != data.tokenizer.state_dict():
-            print(f"warning: {path} was trained with another vocabulary than {cache}'s tokenizer")
+        fp, now = ckpt.get("data_fingerprint"), getattr(data, "meta", {}).get("fingerprint")
+        if (fp is not None and now is not None and fp != now) or (
+                ckpt.get("vocab") and hasattr(data.tokenizer, "state_dict") and ckpt["vocab"] != data.tokenizer.state_dict()):
+            raise SystemExit(f"error: {path} was trained on other tokens than {cache} holds (another corpus or "
+                             f"vocabulary); pass the --data_cache it was trained on")
         if args.langs:
             langs = [l for l in args.langs.split(",") if l]
             missing = [l for l in langs if l not in data.langs]

@@ -186,6 +186,23 @@ def checkpoint_or_exit(path):
         raise SystemExit(f"error: {e}")
 
 
+def data_fingerprint(dataset):
+    """What decides the tokens of a data cache (data.py's meta.json); None for a wrapper without one."""
+    return getattr(dataset, "meta", {}).get("fingerprint")
+
+
+def stale_data(saved, dataset):
+    """Why a checkpoint or profile.json (`saved`) was made from other tokens than `dataset`'s, or None:
+    a run is only ever continued, or scored, on the tokens it was trained on."""
+    fp, now = saved.get("data_fingerprint"), data_fingerprint(dataset)
+    if fp is not None and fp != now:
+        return (f"was made from other tokens (data fingerprint {fp}; the data cache's is {now}: the corpus, "
+                f"the languages or the vocabulary changed)")
+    if saved.get("vocab") is not None and saved["vocab"] != dataset.tokenizer.state_dict():
+        return "was trained with another vocabulary than the data cache's"
+    return None
+
+
 def train_stage(cfg, env, dataset, stage, model, adam=None):
     """Train `model` for stage.steps and save it as OUT/<stage.name>.pt; AdamW starts from `adam` (the
     state a previous stage ended with, {param name: state}; None = fresh). Returns (model, its AdamW state).
@@ -198,6 +215,9 @@ def train_stage(cfg, env, dataset, stage, model, adam=None):
     if ckpt is not None and not ckpt.get("done") and not cfg["resume"]:
         raise SystemExit(f"error: {path} holds an unfinished stage; run with --resume True to continue it "
                          f"or pass another --out")
+    if ckpt is not None and stale_data(ckpt, dataset):
+        raise SystemExit(f"error: {path} {stale_data(ckpt, dataset)}; pass another --out to train on the "
+                         f"new tokens, or restore the corpus and vocabulary it was trained on")
     model = model_from_checkpoint(ckpt, env.device) if ckpt else model.to(env.device)
     if stage.freeze is not None:
         stage.freeze(model)
@@ -244,6 +264,7 @@ def train_stage(cfg, env, dataset, stage, model, adam=None):
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(env.device) if cuda else None,
                 "stage": stage.name, "config": cfg, "vocab": dataset.tokenizer.state_dict(),
+                "data_fingerprint": data_fingerprint(dataset),
                 "langs": dataset.langs, "groups": stage.meta.get("groups"),
                 "lang_to_expert": stage.meta.get("lang_to_expert"), "meta": stage.meta})
         env.barrier()
@@ -393,6 +414,7 @@ def main(argv):
     lang_list = check_settings(cfg, VARIANTS)   # every refusal happens here, before any work
     env = Env(cfg)
     run = RunDir(cfg).open() if env.master else None   # a lock; refuses a folder holding other settings
+    check_profile_langs(cfg, lang_list)
     torch.manual_seed(cfg["seed"])
     t_start = time.time()
     env.print(f"nanoDMoE | preset {cfg['preset']} | device {env.device} x{env.world} | {env.dtype} | "
@@ -492,13 +514,31 @@ def copy_of(model):
     return model_from_checkpoint({"model": model.state_dict(), "model_args": model.config.__dict__}, model.lm_head.weight.device)
 
 
+def check_profile_langs(cfg, lang_list):
+    """Before any work: a profile.json left in --out by another language set is refused, not reused."""
+    path = os.path.join(cfg["out"], "profile.json")
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                langs = json.load(f)["langs"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise SystemExit(f"error: {path} is not a readable profile; delete it to profile again")
+        if langs != lang_list:
+            raise SystemExit(f"error: {path} profiles {','.join(langs)}, not this run's {','.join(lang_list)}; "
+                             f"pass another --out, or delete it to profile again")
+
+
 def profile(cfg, env, base, dataset, lang_list):
     """OUT/profile.json: the per-language, per-layer parameter deviations and the similarity (profile.py)."""
     path = os.path.join(cfg["out"], "profile.json")
     if os.path.exists(path):
-        env.print(f"[profile] done already ({path}), skipping")
         with open(path) as f:
-            return json.load(f)
+            prof = json.load(f)
+        why = stale_data(prof, dataset)
+        if why:
+            raise SystemExit(f"error: {path} {why}; pass another --out, or delete it and the run's .pt files")
+        env.print(f"[profile] done already ({path}), skipping")
+        return prof
     try:
         prof = profile_languages(base, dataset, lang_list, method=cfg["profile_method"], steps=cfg["profile_steps"],
                                  lr=cfg["profile_lr"], batch_size=cfg["profile_batch"], block_size=cfg["block_size"],
@@ -509,6 +549,7 @@ def profile(cfg, env, base, dataset, lang_list):
     except FloatingPointError as e:
         raise SystemExit(f"error: [profile] {e}; lower --profile_lr")
     prof.pop("vectors")
+    prof["data_fingerprint"] = data_fingerprint(dataset)
     if env.master:
         save_json(prof, path)
     return prof
@@ -523,7 +564,8 @@ def report(cfg, env, dataset, lang_list, names, grp, variants, t_start):
     if os.path.exists(path):
         with open(path) as f:
             results = json.load(f)
-    results.update(langs=lang_list, groups=grp["groups"], moe_layers=grp["moe_layers"],
+    results.update(langs=lang_list, data_fingerprint=data_fingerprint(dataset),
+                   groups=grp["groups"], moe_layers=grp["moe_layers"],
                    random_groups=variants["random"][0],
                    # the profile's stability: similarities of the repeats (disjoint halves of the text)
                    # correlated, and the groups each repeat alone gives, compared by adjusted Rand index

@@ -149,3 +149,34 @@ def test_ctrl_c_is_one_line_that_says_how_to_resume(tmp_path, cache):
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert err.rstrip().splitlines()[-1] == "interrupted: run the same command again to resume from the last checkpoint"
     assert load_checkpoint(str(out / "base.pt"))["step"] >= 5
+
+
+def test_a_changed_corpus_is_not_trained_over(tmp_path):
+    """Every stage records the fingerprint of its tokens: after the corpus changes, the finished stages are
+    not "done already", and the run is refused with one line instead of scoring them on other tokens."""
+    from corpora import planted
+    world = planted.write(str(tmp_path / "world"), seed=0)
+    args = ["--preset", "planted", "--data_dir", world, "--data_cache", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "run"), "--base_steps", "4", "--profile_windows", "4", "--variants", "cpt",
+            "--stage1_steps", "2", "--stage2_steps", "2", "--eval_windows", "1"]
+    first = train.main(args)
+    assert first["data_fingerprint"] and load_checkpoint(str(tmp_path / "run" / "cpt.pt"))["data_fingerprint"] == first["data_fingerprint"]
+    with open(os.path.join(world, "l0.jsonl"), "a") as f:
+        f.write(json.dumps({"text": ". red the of and to in is that for"}) + "\n")
+    with pytest.raises(SystemExit, match="base.pt was made from other tokens") as e:
+        train.main(args)
+    assert "\n" not in str(e.value)
+    import eval as evaluate   # nor does eval.py score it on the rebuilt cache
+    with pytest.raises(SystemExit, match="was trained on other tokens than") as e:
+        evaluate.main([str(tmp_path / "run" / "cpt.pt"), "--data_cache", str(tmp_path / "cache")])
+    assert "\n" not in str(e.value)
+
+
+def test_a_profile_of_other_languages_is_refused_before_any_work(tmp_path, cache):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "profile.json").write_text(json.dumps({"langs": ["fr", "it", "ja"]}))
+    with pytest.raises(SystemExit, match="profiles fr,it,ja, not this run's de,nl,ru,uk") as e:
+        run(out, cache, *QUICK)
+    assert "\n" not in str(e.value)
+    assert not (out / "base.pt").exists() and not (out / "config.json").exists()
