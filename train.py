@@ -491,9 +491,29 @@ def default_data_cache(cfg):
                               cfg["max_tokens_per_lang"])
 
 
+def refuse_another_runs_cache(cfg, cache, lang_list):
+    """A --data_cache prepared with other languages, vocabulary size, corpus folder or data seed belongs to
+    another run: refuse it, rather than rebuild it in place under that run's checkpoints."""
+    try:
+        with open(os.path.join(cache, "meta.json"), encoding="utf-8") as f:
+            had = json.load(f).get("args") or {}
+    except (OSError, ValueError, AttributeError):
+        return   # no cache yet (or an unreadable one, which data.prepare rebuilds)
+    asked = {"langs": lang_list, "vocab_size": cfg["vocab_size"], "seed": cfg["data_seed"],
+             "data_dir": os.path.abspath(cfg["data_dir"]) if cfg["data_dir"] else None,
+             "max_tokens_per_lang": cfg["max_tokens_per_lang"]}
+    differ = [k for k in asked if k in had and had[k] != asked[k]]
+    if differ:
+        was = "; ".join(f"{k} {','.join(had[k]) if k == 'langs' else had[k]}" for k in differ)
+        raise SystemExit(f"error: --data_cache {cache} holds another run's tokens ({was}); pass another "
+                         f"--data_cache, or leave it out (the default one is named by these settings)")
+
+
 def load_data(cfg, env, lang_list, cache=None, tokenizer=None):
     """Tokenize (rank 0 first; the others then reuse its cache) and check that every language fits a block."""
     cache = cache or cfg["data_cache"]
+    if tokenizer is None:
+        refuse_another_runs_cache(cfg, cache, lang_list)
     try:
         if env.master:
             dataset = data.prepare(lang_list, cache, vocab_size=cfg["vocab_size"], data_dir=cfg["data_dir"] or None,

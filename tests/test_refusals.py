@@ -180,3 +180,13 @@ def test_a_profile_of_other_languages_is_refused_before_any_work(tmp_path, cache
         run(out, cache, *QUICK)
     assert "\n" not in str(e.value)
     assert not (out / "base.pt").exists() and not (out / "config.json").exists()
+
+
+def test_a_shared_data_cache_is_not_rebuilt_under_another_run(tmp_path, cache):
+    run(tmp_path / "a", cache, *QUICK, "--variants", "cpt")
+    meta = open(os.path.join(cache, "meta.json")).read()
+    with pytest.raises(SystemExit, match=r"holds another run's tokens \(langs de,nl,ru,uk\)") as e:
+        train.main(["--preset", "tiny", "--langs", "de,nl,ru,fr", "--n_groups", "2", "--vocab_size", "512",
+                    "--out", str(tmp_path / "b"), "--data_cache", cache, *QUICK])
+    assert "\n" not in str(e.value)
+    assert open(os.path.join(cache, "meta.json")).read() == meta     # run a's tokens are untouched
