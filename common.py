@@ -107,3 +107,19 @@ def peak_flops(name):
         if key in name:
             return flops
     return None
+
+
+def check_device(name):
+    """--device as one line when torch cannot use it here (before any checkpoint is read)."""
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise SystemExit(f"error: --device {name!r} is not a device; choose cpu, cuda, cuda:N or mps")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {name}: this machine has no CUDA device; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise SystemExit(f"error: --device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise SystemExit(f"error: --device {name}: MPS is not available here; use --device cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise SystemExit(f"error: --device {name!r}: choose cpu, cuda, cuda:N or mps")

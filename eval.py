@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 import group
 import plots
+from common import check_device
 from common import default_device
 from model import load_checkpoint, model_from_checkpoint
 from tokenizer import Tokenizer
@@ -496,6 +497,12 @@ def main(argv=None):
     p.add_argument("--sample_lang", default=None, help="route the sample to this language's expert (group routing)")
     p.add_argument("--device", default=default_device())
     args = p.parse_args(argv)
+    check_device(args.device)
+    if args.max_windows < 1 or args.batch_size < 1:
+        raise SystemExit(f"error: --max_windows and --batch_size must be at least 1, got {args.max_windows} "
+                         f"and {args.batch_size}")
+    if args.pictures and os.path.exists(args.pictures) and not os.path.isdir(args.pictures):
+        raise SystemExit(f"error: --pictures {args.pictures} is a file; give a folder to write the pictures to")
     if args.sample is not None:
         if not args.sample:
             raise SystemExit("error: --sample needs a non-empty prompt")

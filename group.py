@@ -20,6 +20,7 @@ import argparse
 import itertools
 import json
 import math
+import os
 
 import numpy as np
 
@@ -436,6 +437,30 @@ def report(g, profile=None):
 # -----------------------------------------------------------------------------
 # CLI
 
+def read_profile(path):
+    """profile.json checked for what make_groups reads, every problem one line naming the file."""
+    try:
+        with open(path) as f:
+            prof = json.load(f)
+    except OSError as e:
+        raise SystemExit(f"error: cannot read {path} ({e.strerror}); give the profile.json that profile.py wrote")
+    except ValueError:
+        raise SystemExit(f"error: {path} is not JSON; give the profile.json that profile.py wrote")
+    missing = [k for k in ("langs", "ffn_dev") if not isinstance(prof, dict) or k not in prof]
+    if missing or (prof.get("similarity") is None and prof.get("vectors") is None):
+        missing += [] if missing else ["similarity"]
+        raise SystemExit(f"error: {path} has no {', '.join(missing)}; give the profile.json that profile.py wrote")
+    langs = prof["langs"]
+    S = np.asarray(prof["similarity"] if prof.get("similarity") is not None else cosine_similarity(prof["vectors"]),
+                   dtype=np.float64)
+    if S.shape != (len(langs), len(langs)) or set(prof["ffn_dev"]) != set(langs):
+        raise SystemExit(f"error: {path}: the similarity is {'x'.join(map(str, S.shape))} and ffn_dev covers "
+                         f"{len(prof['ffn_dev'])} languages, for {len(langs)} languages; the file is damaged, profile again")
+    if not np.isfinite(S).all():
+        raise SystemExit(f"error: {path}: the similarity holds NaN or inf; profile again (a lower --lr)")
+    return prof
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Group languages and select MoE layers from a profile.json")
     p.add_argument("profile", help="profile.json written by profile.py")
@@ -447,8 +472,17 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed for --method random")
     p.add_argument("--out", default="groups.json")
     args = p.parse_args(argv)
-    with open(args.profile) as f:
-        profile = json.load(f)
+    profile = read_profile(args.profile)
+    n = len(profile["langs"])
+    if not 2 <= args.groups <= n:
+        raise SystemExit(f"error: --groups {args.groups}: choose 2..{n} (the profile has {n} languages)")
+    if not math.isfinite(args.eps):
+        raise SystemExit(f"error: --eps must be a number, got {args.eps}")
+    parent = os.path.dirname(os.path.abspath(args.out))
+    while not os.path.exists(parent):   # save_json makes the missing folders
+        parent = os.path.dirname(parent)
+    if os.path.isdir(args.out) or not (os.path.isdir(parent) and os.access(parent, os.W_OK)):
+        raise SystemExit(f"error: --out {args.out} is a folder or cannot be written; give a file path")
     g = make_groups(profile, args.groups, args.method, args.eps, args.seed, args.linkage)
     print(report(g, profile))
     save_json(g, args.out)

@@ -317,13 +317,34 @@ def cli(argv=None):
     from data import Dataset  # imported here: the core function needs neither module
     from model import load_checkpoint, model_from_checkpoint
 
+    from common import check_device
+    for k in ("steps", "batch_size", "repeats"):
+        if getattr(args, k) < 1:
+            raise SystemExit(f"error: --{k} must be at least 1, got {getattr(args, k)}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise SystemExit(f"error: --lr must be a positive number, got {args.lr}")
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    ckpt = load_checkpoint(args.ckpt, device=device)
-    model = model_from_checkpoint(ckpt, device)
-    data = Dataset.load(args.data_cache)
+    check_device(device)
+    try:
+        ckpt = load_checkpoint(args.ckpt, device="cpu")
+        data = Dataset.load(args.data_cache)
+    except (RuntimeError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}")
+    if ckpt["model_args"].get("moe_layers"):
+        raise SystemExit(f"error: {args.ckpt} is an MoE checkpoint; the profile measures a dense one (out/base.pt)")
+    if ckpt.get("vocab") and ckpt["vocab"] != data.tokenizer.state_dict():
+        raise SystemExit(f"error: {args.ckpt} was trained with another vocabulary than {args.data_cache} holds; "
+                         f"pass the --data_cache it was trained on")
+    if not 2 <= (args.block_size or ckpt["model_args"]["block_size"]) <= ckpt["model_args"]["block_size"]:
+        raise SystemExit(f"error: --block_size {args.block_size}: choose 2..{ckpt['model_args']['block_size']} "
+                         f"(the model's), or 0 for the model's")
     langs = [l for l in args.langs.split(",") if l] or ckpt.get("langs") or data.langs
+    unknown = [l for l in langs if l not in data.langs]
+    if unknown:
+        raise SystemExit(f"error: --langs {','.join(unknown)}: not in {args.data_cache} (it has {','.join(data.langs)})")
+    model = model_from_checkpoint(ckpt, device)
     prof = profile_languages(model, data, langs, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                              block_size=args.block_size or None, last_layers=args.last_layers or None,
                              seed=args.seed, device=device, repeats=args.repeats)

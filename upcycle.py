@@ -130,7 +130,10 @@ def main(argv=None):
     except RuntimeError as e:
         raise SystemExit(f"upcycle.py: {e}")
     n_layer = dense_ckpt["model_args"]["n_layer"]
-    layers = list(range(n_layer)) if args.layers == "all" else [int(s) for s in args.layers.split(",") if s]
+    try:
+        layers = list(range(n_layer)) if args.layers == "all" else [int(s) for s in args.layers.split(",") if s]
+    except ValueError:
+        raise SystemExit(f"upcycle.py: --layers {args.layers!r}: give block indices like 0,3 (of 0..{n_layer - 1}) or 'all'")
     try:
         ckpt = upcycle_checkpoint(dense_ckpt, layers, args.experts, top_k=args.top_k, seed=args.seed)
     except ValueError as e:

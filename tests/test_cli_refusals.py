@@ -1,0 +1,97 @@
+"""The step CLIs (group.py, ...) answer bad input with one line that names it, not a traceback."""
+import json
+
+import pytest
+
+import group
+
+PROFILE = {"langs": ["aa", "bb", "cc"], "ffn_dev": {"aa": [1.0, 2.0], "bb": [1.0, 2.5], "cc": [2.0, 1.0]},
+           "similarity": [[1, .9, .1], [.9, 1, .2], [.1, .2, 1]]}
+
+
+def write(tmp_path, obj, name="profile.json"):
+    path = tmp_path / name
+    path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+    return str(path)
+
+
+@pytest.mark.parametrize("profile, args, message", [
+    (None, [], "cannot read .*missing.json"),
+    ("{not json", [], "is not JSON"),
+    ({"langs": ["aa"]}, [], "has no ffn_dev"),
+    ({**PROFILE, "similarity": [[1, 0], [0, 1]]}, [], "the similarity is 2x2 .* for 3 languages"),
+    ({**PROFILE, "similarity": [[1, float("nan"), 0], [0, 1, 0], [0, 0, 1]]}, [], "holds NaN"),
+    (PROFILE, ["--groups", "0"], "--groups 0: choose 2..3"),
+    (PROFILE, ["--groups", "100"], "--groups 100: choose 2..3"),
+    (PROFILE, ["--groups", "2", "--eps", "nan"], "--eps must be a number"),
+    (PROFILE, ["--groups", "2", "--out", "DIR"], "is a folder or cannot be written"),
+])
+def test_group_cli_refuses_with_one_line(tmp_path, profile, args, message):
+    path = str(tmp_path / "missing.json") if profile is None else write(tmp_path, profile)
+    args = [str(tmp_path) if a == "DIR" else a for a in args]
+    with pytest.raises(SystemExit, match=message) as e:
+        group.main([path, *args, *([] if "--out" in args else ["--out", str(tmp_path / "g.json")])])
+    assert "\n" not in str(e.value)
+
+
+def test_group_cli_still_groups(tmp_path):
+    g = group.main([write(tmp_path, PROFILE), "--groups", "2", "--out", str(tmp_path / "g.json")])
+    assert sorted(map(sorted, g["groups"]))[0] == ["aa", "bb"]
+
+
+def test_upcycle_cli_refuses_bad_layers(tmp_path):
+    import upcycle
+    from model import GPT, GPTConfig, save_checkpoint
+    m = GPT(GPTConfig(vocab_size=320, block_size=16, n_layer=2, n_head=2, n_embd=16))
+    path = str(tmp_path / "base.pt")
+    save_checkpoint(path, {"model": m.state_dict(), "model_args": m.config.__dict__.copy()})
+    with pytest.raises(SystemExit, match=r"--layers 'abc': give block indices like 0,3 \(of 0..1\)") as e:
+        upcycle.main([path, "--layers", "abc", "--experts", "2", "--out", str(tmp_path / "moe.pt")])
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "foo"], "--device 'foo'"),
+    (["--max_windows", "0"], "--max_windows and --batch_size must be at least 1"),
+    (["--pictures", "FILE"], "is a file; give a folder"),
+])
+def test_eval_cli_refuses_with_one_line(tmp_path, args, message):
+    import eval as evaluate
+    (tmp_path / "f.txt").write_text("x")
+    args = [str(tmp_path / "f.txt") if a == "FILE" else a for a in args]
+    with pytest.raises(SystemExit, match=message) as e:
+        evaluate.main([str(tmp_path), *args])
+    assert "\n" not in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    import train
+    root = tmp_path_factory.mktemp("tiny")
+    train.main(["--preset", "tiny", "--langs", "de,nl,ru", "--n_groups", "2", "--vocab_size", "512",
+                "--out", str(root / "run"), "--data_cache", str(root / "cache"), "--base_steps", "4",
+                "--stage1_steps", "2", "--stage2_steps", "2", "--variants", "dmoe", "--eval_interval", "100"])
+    return root
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data_cache", "NOPE"], "no meta.json in"),
+    (["--ckpt", "NOPE"], "nope: no such checkpoint file"),
+    (["--langs", "xx"], "--langs xx: not in"),
+    (["--repeats", "0"], "--repeats must be at least 1"),
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--block_size", "100000"], "--block_size 100000: choose 2..64"),
+    (["--lr", "nan"], "--lr must be a positive number"),
+    (["--ckpt", "MOE"], "is an MoE checkpoint"),
+    (["--device", "cuda:7"], "--device cuda:7"),
+])
+def test_profile_cli_refuses_with_one_line(tiny_run, args, message):
+    import profile
+    fill = {"NOPE": str(tiny_run / "nope"), "MOE": str(tiny_run / "run" / "dmoe.pt")}
+    base = {"--ckpt": str(tiny_run / "run" / "base.pt"), "--data_cache": str(tiny_run / "cache")}
+    given = dict(zip(args[::2], [fill.get(a, a) for a in args[1::2]]))
+    argv = [x for k, v in {**base, **given, "--out": str(tiny_run / "p.json")}.items() for x in (k, v)]
+    with pytest.raises(SystemExit, match=message) as e:
+        profile.cli(argv)
+    assert "\n" not in str(e.value)
+    assert not (tiny_run / "p.json").exists()
