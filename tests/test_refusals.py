@@ -41,6 +41,9 @@ def run(out, cache, *extra):
     (["--lr", "0"], "--lr must be a positive number"),
     (["--group_method", "kmeans"], "--group_method 'kmeans'"),
     (["--vocab_size", "10000000"], "--vocab_size 10000000 is more than o200k has"),
+    pytest.param(["--device", "cuda:0"], "--device cuda", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has CUDA")),
+    pytest.param(["--device", "mps"], "--device mps: MPS is not available",
+                 marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="has MPS")),
 ])
 def test_bad_settings_are_refused_before_any_work(tmp_path, cache, extra, message):
     out = tmp_path / "run"
@@ -180,6 +183,13 @@ def test_a_profile_of_other_languages_is_refused_before_any_work(tmp_path, cache
         run(out, cache, *QUICK)
     assert "\n" not in str(e.value)
     assert not (out / "base.pt").exists() and not (out / "config.json").exists()
+
+
+def test_a_data_cache_that_is_a_file_is_refused_before_any_work(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(SystemExit, match="--data_cache .* is a file; give a directory") as e:
+        run(tmp_path / "run", str(tmp_path / "f"))
+    assert "\n" not in str(e.value) and not (tmp_path / "run").exists()
 
 
 def test_a_shared_data_cache_is_not_rebuilt_under_another_run(tmp_path, cache):
