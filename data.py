@@ -286,6 +286,20 @@ def _write_splits(job):
     return stats
 
 
+def remove_stale_scratch(out_dir):
+    """Delete the scratch.<pid> folders that a killed prepare left (their process is gone)."""
+    for name in os.listdir(out_dir) if os.path.isdir(out_dir) else []:
+        pid = name[len("scratch."):]
+        if not (name.startswith("scratch.") and pid.isdigit()):
+            continue
+        try:
+            os.kill(int(pid), 0)            # signal 0: is that process still running?
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+        except PermissionError:
+            pass                            # alive, another user's
+
+
 def prepare(langs, out_dir, vocab_size=8192, data_dir=None, seed=0, min_tokens=1024, force=False, workers=None,
             tokenizer=None, max_tokens_per_lang=0):
     """Build (or reuse, when out_dir/meta.json has the same fingerprint) the tokenized corpus.
@@ -339,6 +353,7 @@ def prepare(langs, out_dir, vocab_size=8192, data_dir=None, seed=0, min_tokens=1
     if workers is None:  # starting processes takes seconds: only worth it for a corpus of a few chunks
         workers = default_workers() if sum(u.size for u in units) > CHUNK_BYTES else 1
     workers = 1 if data_dir is None else max(1, min(workers, len(units)))
+    remove_stale_scratch(out_dir)
     scratch = os.path.join(out_dir, f"scratch.{os.getpid()}")
     os.makedirs(scratch, exist_ok=True)
     try:
@@ -552,3 +567,5 @@ if __name__ == "__main__":
                 max_tokens_per_lang=a.max_tokens_per_lang)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("\ninterrupted: nothing half-written is kept; run the same command again")

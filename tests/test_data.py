@@ -371,3 +371,16 @@ def test_default_cache():
     assert data.default_cache("18", 8192) == os.path.join("data_cache", "18-v8192")
     assert data.default_cache("ar,de", 512, 2, "/x/CulturaX/") == os.path.join("data_cache", "ar_de-v512-split2-CulturaX")
     assert data.default_cache("ar,de", 512, 0, "", 10 ** 8) == os.path.join("data_cache", "ar_de-v512-max100000000")
+
+
+def test_a_killed_prepare_leaves_no_scratch_behind(tmp_path):
+    """scratch.<pid> of a process that is gone (a prepare killed with SIGKILL) is removed by the next prepare;
+    a live process's is kept."""
+    import subprocess
+    gone = subprocess.Popen(["true"]); gone.wait()
+    out = tmp_path / "cache"
+    (out / f"scratch.{gone.pid}").mkdir(parents=True)
+    (out / f"scratch.{gone.pid}" / "shard.0").write_bytes(b"x" * 100)
+    (out / f"scratch.{os.getpid()}").mkdir()
+    data.remove_stale_scratch(str(out))
+    assert not (out / f"scratch.{gone.pid}").exists() and (out / f"scratch.{os.getpid()}").exists()
