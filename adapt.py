@@ -189,6 +189,13 @@ def main(cfg):
     src = train.checkpoint_or_exit(cfg["adapt_from"])
     if not src["model_args"].get("moe_layers"):
         raise SystemExit(f"error: {cfg['adapt_from']} is a dense checkpoint; --from needs an MoE one (e.g. out/dmoe.pt)")
+    lacking = [k for k in ("config", "langs", "vocab", "groups", "lang_to_expert") if not src.get(k)]
+    if lacking:
+        raise SystemExit(f"error: {cfg['adapt_from']} has no {', '.join(lacking)} (an upcycle.py output is not "
+                         f"trained yet); --from needs an MoE checkpoint that train.py finished, e.g. out/dmoe.pt")
+    if not src.get("done"):
+        raise SystemExit(f"error: {cfg['adapt_from']} is an unfinished stage (step {src.get('step')}); run its "
+                         f"train.py command again to finish it, then adapt")
     old_cfg, old_langs = src["config"], src["langs"]
     new_langs = [l.strip() for l in cfg["adapt"].split(",") if l.strip()]
     already = [l for l in new_langs if l in old_langs]

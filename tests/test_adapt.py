@@ -81,6 +81,22 @@ def test_adaptation_rejects_bad_languages(run):
         train.main(["--preset", "tiny", "--adapt", "ja", "--from", str(run / "cpt.pt")])
 
 
+def test_adaptation_needs_a_finished_trained_moe(run, tmp_path):
+    """--from an upcycle.py output (never trained) or an unfinished stage: one line, nothing prepared."""
+    import upcycle
+    from model import save_checkpoint
+    upcycle.main([str(run / "base.pt"), "--layers", "0", "--experts", "2", "--out", str(tmp_path / "moe.pt")])
+    with pytest.raises(SystemExit, match="has no .*upcycle.py output is not trained") as e:
+        train.main(["--preset", "tiny", "--adapt", "ja", "--from", str(tmp_path / "moe.pt"), "--out", str(tmp_path / "a")])
+    assert "\n" not in str(e.value) and not (tmp_path / "a").exists()
+    unfinished = load_checkpoint(str(run / "dmoe.pt"))
+    unfinished.update(done=False, step=3)
+    save_checkpoint(str(tmp_path / "dmoe.pt"), unfinished)
+    with pytest.raises(SystemExit, match=r"is an unfinished stage \(step 3\)") as e:
+        train.main(["--preset", "tiny", "--adapt", "ja", "--from", str(tmp_path / "dmoe.pt"), "--out", str(tmp_path / "b")])
+    assert "\n" not in str(e.value) and not (tmp_path / "b").exists()
+
+
 def test_new_expert_only_keeps_every_old_weight(run):
     """new_only / new_only_replay / keep_out: the gradient mask (and keep_out's fitted new row) leave the old
     experts and router rows bit-identical."""
