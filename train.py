@@ -413,6 +413,8 @@ def main(argv):
     cfg["data_cache"] = cfg["data_cache"] or default_data_cache(cfg)
     lang_list = check_settings(cfg, VARIANTS)   # every refusal happens here, before any work
     env = Env(cfg)
+    if cfg["batch_size"] % env.world:
+        raise SystemExit(f"error: --batch_size {cfg['batch_size']} must be divisible by the number of processes ({env.world})")
     run = RunDir(cfg).open() if env.master else None   # a lock; refuses a folder holding other settings
     check_profile_langs(cfg, lang_list)
     torch.manual_seed(cfg["seed"])

@@ -102,3 +102,12 @@ def test_killed_torchrun_resumes_from_an_intermediate_checkpoint(tmp_path):
         a = load_checkpoint(str(tmp_path / "straight" / f"{name}.pt"))["model"]
         b = load_checkpoint(str(out / f"{name}.pt"))["model"]
         assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused_before_any_work(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(command(3, tmp_path / "out", tmp_path / "cache", "--batch_size", "8"), cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "error: --batch_size 8 must be divisible by the number of processes (3)" in r.stderr
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out" / "config.json").exists()
