@@ -68,6 +68,8 @@ class Env:
         self.ddp = int(os.environ.get("RANK", -1)) != -1
         self.rank = int(os.environ.get("RANK", 0))
         self.world = int(os.environ.get("WORLD_SIZE", 1))
+        if cfg["batch_size"] % self.world:   # every rank trains on its slice of the global batch
+            raise SystemExit(f"error: --batch_size {cfg['batch_size']} must be divisible by the number of processes ({self.world})")
         dev = default_device() if cfg["device"] == "auto" else cfg["device"]
         if self.ddp:
             torch.distributed.init_process_group(backend="nccl" if dev == "cuda" else "gloo")
@@ -123,3 +125,29 @@ def check_device(name):
         raise SystemExit(f"error: --device {name}: MPS is not available here; use --device cpu")
     if dev.type not in ("cpu", "cuda", "mps"):
         raise SystemExit(f"error: --device {name!r}: choose cpu, cuda, cuda:N or mps")
+
+
+def data_fingerprint(dataset):
+    """What decides the tokens of a data cache (data.py's meta.json); None for a wrapper without one."""
+    return getattr(dataset, "meta", {}).get("fingerprint")
+
+
+def stale_data(saved, dataset):
+    """Why a checkpoint or profile.json (`saved`) was made from other tokens than `dataset`'s, or None:
+    a run is only ever continued, or scored, on the tokens it was trained on."""
+    fp, now = saved.get("data_fingerprint"), data_fingerprint(dataset)
+    if fp is not None and fp != now:
+        return (f"was made from other tokens (data fingerprint {fp}; the data cache's is {now}: the corpus, "
+                f"the languages or the vocabulary changed)")
+    vocab = getattr(getattr(dataset, "tokenizer", None), "state_dict", None)   # None: a stand-in dataset
+    if saved.get("vocab") and vocab is not None and saved["vocab"] != vocab():
+        return "was trained with another vocabulary than the data cache's"
+    return None
+
+
+def nearest_existing(path):
+    """The path itself, or its closest ancestor that exists (where a new file or folder would be made)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path

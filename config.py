@@ -12,13 +12,9 @@ import math
 import os
 import sys
 
-import torch
-
 import corpus
-from common import check_device, save_json
-from tokenizer import O200K_N_VOCAB
-
-MAX_VOCAB = -(-(O200K_N_VOCAB + 1) // 64) * 64   # a compact vocabulary can hold every o200k id, rounded to 64
+from common import check_device, nearest_existing, save_json
+from tokenizer import MAX_VOCAB
 
 GROUP_METHODS = ("agglomerative", "minmax", "seed")
 
@@ -119,14 +115,11 @@ def check_settings(cfg, known_variants):
          f"--group_method {cfg['group_method']!r}: choose one of {', '.join(GROUP_METHODS)}")
     need(cfg["device"] in ("auto", "cpu", "cuda", "mps") or cfg["device"].startswith("cuda:"),
          f"--device {cfg['device']!r}: choose auto, cpu, cuda or mps")
-    need(cfg["device"] != "cuda" or torch.cuda.is_available(), "--device cuda, but torch sees no CUDA GPU")
     if cfg["device"] != "auto":
         check_device(cfg["device"])   # cuda:N that is not here, mps without MPS: one line, before any work
     if cfg["data_cache"]:
         need(not os.path.isfile(cfg["data_cache"]), f"--data_cache {cfg['data_cache']} is a file; give a directory")
-        parent = os.path.abspath(cfg["data_cache"])
-        while not os.path.exists(parent):
-            parent = os.path.dirname(parent)
+        parent = nearest_existing(cfg["data_cache"])
         need(os.path.isfile(os.path.join(cfg["data_cache"], "meta.json")) or os.access(parent, os.W_OK),
              f"--data_cache {cfg['data_cache']} cannot be written (no permission in {parent}); give another directory")
     need(cfg["dtype"] in ("auto", "float32", "bfloat16"), f"--dtype {cfg['dtype']!r}: choose auto, float32 or bfloat16")

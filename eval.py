@@ -38,8 +38,7 @@ import torch.nn.functional as F
 
 import group
 import plots
-from common import check_device
-from common import default_device
+from common import check_device, default_device, stale_data
 from model import load_checkpoint, model_from_checkpoint
 from tokenizer import Tokenizer
 
@@ -540,9 +539,7 @@ def main(argv=None):
             except FileNotFoundError as e:
                 raise SystemExit(f"error: {e} (or pass --data_cache DIR)")
         data = datasets[cache]
-        fp, now = ckpt.get("data_fingerprint"), getattr(data, "meta", {}).get("fingerprint")
-        if (fp is not None and now is not None and fp != now) or (
-                ckpt.get("vocab") and hasattr(data.tokenizer, "state_dict") and ckpt["vocab"] != data.tokenizer.state_dict()):
+        if stale_data(ckpt, data):
             raise SystemExit(f"error: {path} was trained on other tokens than {cache} holds (another corpus or "
                              f"vocabulary); pass the --data_cache it was trained on")
         if args.langs:

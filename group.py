@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from common import save_json
+from common import nearest_existing, save_json
 
 METHODS = ("agglomerative", "minmax", "seed", "random")
 
@@ -478,9 +478,7 @@ def main(argv=None):
         raise SystemExit(f"error: --groups {args.groups}: choose 2..{n} (the profile has {n} languages)")
     if not math.isfinite(args.eps):
         raise SystemExit(f"error: --eps must be a number, got {args.eps}")
-    parent = os.path.dirname(os.path.abspath(args.out))
-    while not os.path.exists(parent):   # save_json makes the missing folders
-        parent = os.path.dirname(parent)
+    parent = nearest_existing(os.path.dirname(os.path.abspath(args.out)))   # save_json makes the missing folders
     if os.path.isdir(args.out) or not (os.path.isdir(parent) and os.access(parent, os.W_OK)):
         raise SystemExit(f"error: --out {args.out} is a folder or cannot be written; give a file path")
     g = make_groups(profile, args.groups, args.method, args.eps, args.seed, args.linkage)

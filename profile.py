@@ -317,7 +317,7 @@ def cli(argv=None):
     from data import Dataset  # imported here: the core function needs neither module
     from model import load_checkpoint, model_from_checkpoint
 
-    from common import check_device
+    from common import check_device, stale_data
     for k in ("steps", "batch_size", "repeats"):
         if getattr(args, k) < 1:
             raise SystemExit(f"error: --{k} must be at least 1, got {getattr(args, k)}")
@@ -334,7 +334,7 @@ def cli(argv=None):
         raise SystemExit(f"error: {e}")
     if ckpt["model_args"].get("moe_layers"):
         raise SystemExit(f"error: {args.ckpt} is an MoE checkpoint; the profile measures a dense one (out/base.pt)")
-    if ckpt.get("vocab") and ckpt["vocab"] != data.tokenizer.state_dict():
+    if stale_data(ckpt, data):
         raise SystemExit(f"error: {args.ckpt} was trained with another vocabulary than {args.data_cache} holds; "
                          f"pass the --data_cache it was trained on")
     if not 2 <= (args.block_size or ckpt["model_args"]["block_size"]) <= ckpt["model_args"]["block_size"]:

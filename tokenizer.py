@@ -201,7 +201,10 @@ class Tokenizer:
         return cls(int(d["vocab_size"]), d["o200k_ids"], [bytes.fromhex(h) for h in d["token_hex"]])
 
 
+MAX_VOCAB = -(-(O200K_N_VOCAB + 1) // 64) * 64   # a compact vocabulary can hold every o200k id, rounded to 64
+
+
 def check_vocab_size(vocab_size):
-    if not isinstance(vocab_size, int) or vocab_size % 64 or not 320 <= vocab_size <= O200K_N_VOCAB + 64:
+    if not isinstance(vocab_size, int) or vocab_size % 64 or not 320 <= vocab_size <= MAX_VOCAB:
         raise ValueError(f"vocab_size={vocab_size}: must be a multiple of 64, at least 320 and at most "
-                         f"{O200K_N_VOCAB + 64} (256 bytes + EOT + merged tokens)")
+                         f"{MAX_VOCAB} (256 bytes + EOT + merged tokens)")

@@ -26,7 +26,7 @@ from tqdm import tqdm
 import data
 import group
 from corpora import planted
-from common import Env, save_json
+from common import Env, data_fingerprint, save_json, stale_data
 from config import RunDir, check_settings, parse_args
 from eval import compare_table, evaluate, summarize
 from model import GPT, GPTConfig, adam_by_name, load_adam_by_name, load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -186,23 +186,6 @@ def checkpoint_or_exit(path):
         raise SystemExit(f"error: {e}")
 
 
-def data_fingerprint(dataset):
-    """What decides the tokens of a data cache (data.py's meta.json); None for a wrapper without one."""
-    return getattr(dataset, "meta", {}).get("fingerprint")
-
-
-def stale_data(saved, dataset):
-    """Why a checkpoint or profile.json (`saved`) was made from other tokens than `dataset`'s, or None:
-    a run is only ever continued, or scored, on the tokens it was trained on."""
-    fp, now = saved.get("data_fingerprint"), data_fingerprint(dataset)
-    if fp is not None and fp != now:
-        return (f"was made from other tokens (data fingerprint {fp}; the data cache's is {now}: the corpus, "
-                f"the languages or the vocabulary changed)")
-    if saved.get("vocab") is not None and saved["vocab"] != dataset.tokenizer.state_dict():
-        return "was trained with another vocabulary than the data cache's"
-    return None
-
-
 def train_stage(cfg, env, dataset, stage, model, adam=None):
     """Train `model` for stage.steps and save it as OUT/<stage.name>.pt; AdamW starts from `adam` (the
     state a previous stage ended with, {param name: state}; None = fresh). Returns (model, its AdamW state).
@@ -215,9 +198,10 @@ def train_stage(cfg, env, dataset, stage, model, adam=None):
     if ckpt is not None and not ckpt.get("done") and not cfg["resume"]:
         raise SystemExit(f"error: {path} holds an unfinished stage; run with --resume True to continue it "
                          f"or pass another --out")
-    if ckpt is not None and stale_data(ckpt, dataset):
-        raise SystemExit(f"error: {path} {stale_data(ckpt, dataset)}; pass another --out to train on the "
-                         f"new tokens, or restore the corpus and vocabulary it was trained on")
+    why = stale_data(ckpt, dataset) if ckpt is not None else None
+    if why:
+        raise SystemExit(f"error: {path} {why}; pass another --out to train on the new tokens, or restore "
+                         f"the corpus and vocabulary it was trained on")
     model = model_from_checkpoint(ckpt, env.device) if ckpt else model.to(env.device)
     if stage.freeze is not None:
         stage.freeze(model)
@@ -242,9 +226,7 @@ def train_stage(cfg, env, dataset, stage, model, adam=None):
     if env.ddp:
         fwd = torch.nn.parallel.DistributedDataParallel(fwd, device_ids=[env.device] if env.device_type == "cuda" else None)
 
-    B, T, accum = cfg["batch_size"], cfg["block_size"], cfg["grad_accum"]
-    if B % env.world:
-        raise SystemExit(f"error: --batch_size {B} must be divisible by the number of processes ({env.world})")
+    B, T, accum = cfg["batch_size"], cfg["block_size"], cfg["grad_accum"]   # B splits over the ranks (Env)
     mine = slice(env.rank * B // env.world, (env.rank + 1) * B // env.world)
     probs = dataset.sampling_probs(cfg["sample_alpha"])
     to_expert = None
@@ -413,8 +395,6 @@ def main(argv):
     cfg["data_cache"] = cfg["data_cache"] or default_data_cache(cfg)
     lang_list = check_settings(cfg, VARIANTS)   # every refusal happens here, before any work
     env = Env(cfg)
-    if cfg["batch_size"] % env.world:
-        raise SystemExit(f"error: --batch_size {cfg['batch_size']} must be divisible by the number of processes ({env.world})")
     run = RunDir(cfg).open() if env.master else None   # a lock; refuses a folder holding other settings
     check_profile_langs(cfg, lang_list)
     torch.manual_seed(cfg["seed"])
