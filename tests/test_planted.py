@@ -3,8 +3,11 @@ import json
 
 import numpy as np
 
+import data
 import train
 from corpora import planted
+from eval import evaluate, summarize
+from model import load_checkpoint, model_from_checkpoint
 
 
 def test_the_world_is_deterministic_and_planted(tmp_path):
@@ -22,14 +25,33 @@ def test_the_world_is_deterministic_and_planted(tmp_path):
     assert share(f0[0], f0[1]) > 0.5 and share(f0[0], f1[0]) < 0.1
 
 
-def test_the_profile_recovers_the_planted_families(tmp_path):
-    """profile -> similarity -> groups must find the planted families exactly (this fails, for example, when
-    the similarity is computed with languages swapped); results.json records the truth beside them."""
+def test_the_method_on_the_planted_world(tmp_path):
+    """The claims that hold on this world, end to end through train.main:
+    1. profile -> similarity -> groups find the planted families exactly (this fails, for example, when
+       the similarity is computed with languages swapped); results.json records the truth beside them.
+    2. stage 1 makes each expert its group's: every language forced to its own group's expert is at least
+       5% better (perplexity) than forced to another group's. This fails when stage 1 routes by a wrong
+       language -> expert map, or when group routing ignores its expert ids (every expert then the same).
+    (dmoe against cpt and random groups is not asserted: on this world they are within 0.5%; README.)"""
     data_dir = planted.write(str(tmp_path / "world"), seed=0)
     res = train.main(["--preset", "planted", "--data_dir", data_dir, "--data_cache", str(tmp_path / "cache"),
-                      "--out", str(tmp_path / "out"), "--variants", "dmoe", "--stage1_steps", "5",
-                      "--stage2_steps", "5", "--eval_windows", "2"])
+                      "--out", str(tmp_path / "out"), "--variants", "dmoe", "--stage1_steps", "100",
+                      "--stage2_steps", "10", "--eval_windows", "4"])
     on_disk = json.load(open(tmp_path / "out" / "results.json"))
     assert on_disk["true_groups"] == planted.true_groups(data_dir) == res["true_groups"]
     assert sorted(map(sorted, on_disk["groups"])) == sorted(on_disk["true_groups"])
     assert on_disk["true_groups_ari"] == 1.0
+
+    ckpt = load_checkpoint(str(tmp_path / "out" / "dmoe_stage1.pt"))
+    model, dataset = model_from_checkpoint(ckpt), data.Dataset.load(str(tmp_path / "cache"))
+    own = ckpt["lang_to_expert"]
+    n = len(on_disk["groups"])
+    assert sorted(set(own.values())) == list(range(n))
+
+    def ppl(lang_to_expert):
+        res = evaluate(model, dataset, dataset.langs, routing="group", lang_to_expert=lang_to_expert, max_windows=8)
+        return summarize(res)["ppl"]
+    mine = ppl(own)
+    for shift in range(1, n):   # every language sent to another group's expert
+        other = ppl({l: (e + shift) % n for l, e in own.items()})
+        assert mine < 0.95 * other, (shift, mine, other)
