@@ -46,6 +46,9 @@ ko ky la lb lg lo lus lv mg mi mk ml mn mr ms mt my ne nl no ny oc om os pa pap 
 sah sd se sl sm sn so sr st su sw ta te tet tg th ti tk to tr ts tt tyv udm ug uk ur uz vec vi xh yi
 yo yue zh zu""".split()
 assert len(LANGS_128) == 128 and set(LANGS_18) <= set(LANGS_128)
+# the 10 of LANGS_18 that BLOOM's pretraining corpus has (its model card); the paper's base had never
+# seen the other 8 (de it ja ko nl ru th uk), and its continued training taught them
+BLOOM_LANGS = "ar bn fr hi id ta te ur vi zh".split()
 
 # UDHR translation used for each language: file stem in third_party/udhr/udhr_<stem>.xml.
 # Where the index has several variants we take the standard written form. Missing on purpose:

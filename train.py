@@ -23,6 +23,7 @@ import time
 import torch
 from tqdm import tqdm
 
+import corpus
 import data
 import group
 from corpora import planted
@@ -44,6 +45,10 @@ vocab_size = 8192            # compact vocabulary: 256 bytes + EOT + the most fr
 seed = 0                     # every random choice of training: init, batches, profiling, random groups
 data_seed = 0                # the train/val split of the documents (apart, so that seeds share a test set)
 preset = "default"           # default | tiny | planted | gpu | gpu_large   (see PRESETS below)
+base_langs = "all"           # the dense base's languages: all | auto | a comma list. auto, for --langs 18 on the
+                             # bundled text, is the paper's situation: the 10 of BLOOM's corpus (the other 8
+                             # are new after base); for any other language set, all. Every later stage: all.
+                             # (auto becomes the default with the schedule measured for it: issue 18)
 # model
 n_layer = 4
 n_head = 2
@@ -143,8 +148,9 @@ class Stage:
     """What a stage trains and how: its batches, routing, auxiliary losses, which parameters move."""
 
     def __init__(self, name, steps, peak_lr, batches, routing="learned", lang_to_expert=None,
-                 router_coef=0.0, balance_coef=0.0, z_coef=0.0, freeze=None, meta=None):
+                 router_coef=0.0, balance_coef=0.0, z_coef=0.0, freeze=None, meta=None, langs=None):
         self.name, self.steps, self.peak_lr = name, steps, peak_lr
+        self.langs = langs                      # the languages its batches draw from (None: every language)
         self.batches = batches                  # batch stream: stages with the same one see the same batches
         self.routing = routing                  # "learned" top-k, or "group": sequence -> its group's expert
         self.lang_to_expert = lang_to_expert    # {lang: expert id}: the groups (needed by "group" routing)
@@ -202,6 +208,11 @@ def train_stage(cfg, env, dataset, stage, model, adam=None):
     if why:
         raise SystemExit(f"error: {path} {why}; pass another --out to train on the new tokens, or restore "
                          f"the corpus and vocabulary it was trained on")
+    sampled = stage.langs or dataset.langs
+    had = ckpt and ckpt.get("sampled_langs", ckpt.get("langs"))
+    if ckpt is not None and had != sampled:   # e.g. a base of every language, now asked for --base_langs auto
+        raise SystemExit(f"error: {path} was trained on {','.join(had)}, not {','.join(sampled)}; pass another "
+                         f"--out, or the --base_langs it was trained with")
     model = model_from_checkpoint(ckpt, env.device) if ckpt else model.to(env.device)
     if stage.freeze is not None:
         stage.freeze(model)
@@ -229,6 +240,9 @@ def train_stage(cfg, env, dataset, stage, model, adam=None):
     B, T, accum = cfg["batch_size"], cfg["block_size"], cfg["grad_accum"]   # B splits over the ranks (Env)
     mine = slice(env.rank * B // env.world, (env.rank + 1) * B // env.world)
     probs = dataset.sampling_probs(cfg["sample_alpha"])
+    if stage.langs is not None:   # a stage on some of the languages (the base): p over those, renormalised
+        kept = sum(probs[l] for l in stage.langs)
+        probs = {l: probs[l] / kept for l in stage.langs}
     to_expert = None
     if stage.lang_to_expert is not None:
         to_expert = torch.tensor([stage.lang_to_expert[l] for l in dataset.langs], device=env.device)
@@ -247,7 +261,7 @@ def train_stage(cfg, env, dataset, stage, model, adam=None):
                 "cuda_rng": torch.cuda.get_rng_state(env.device) if cuda else None,
                 "stage": stage.name, "config": cfg, "vocab": dataset.tokenizer.state_dict(),
                 "data_fingerprint": data_fingerprint(dataset),
-                "langs": dataset.langs, "groups": stage.meta.get("groups"),
+                "langs": dataset.langs, "sampled_langs": sampled, "groups": stage.meta.get("groups"),
                 "lang_to_expert": stage.meta.get("lang_to_expert"), "meta": stage.meta})
         env.barrier()
 
@@ -394,6 +408,7 @@ def main(argv):
         cfg["data_dir"] = planted.write(os.path.join("data_cache", f"planted-{cfg['seed']}"), cfg["seed"])
     cfg["data_cache"] = cfg["data_cache"] or default_data_cache(cfg)
     lang_list = check_settings(cfg, VARIANTS)   # every refusal happens here, before any work
+    base_langs = resolve_base_langs(cfg, lang_list)
     env = Env(cfg)
     run = RunDir(cfg).open() if env.master else None   # a lock; refuses a folder holding other settings
     check_profile_langs(cfg, lang_list)
@@ -407,12 +422,14 @@ def main(argv):
     if env.master:
         run.write_config()
 
-    # 2. the dense base model, pretrained on every language (p(lang) ~ n_tokens^0.3)
+    # 2. the dense base model, pretrained on --base_langs (p(lang) ~ n_tokens^0.3); with auto and --langs 18,
+    #    the 10 that BLOOM, the paper's base, was pretrained on: the other 8 are new to it, as in the paper
     mcfg = GPTConfig(vocab_size=dataset.tokenizer.vocab_size, block_size=cfg["block_size"], n_layer=cfg["n_layer"],
                      n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=cfg["dropout"], top_k=cfg["top_k"])
     torch.manual_seed(cfg["seed"])
-    base, base_adam = train_stage(cfg, env, dataset, Stage("base", cfg["base_steps"], cfg["base_lr"], "base"),
-                                  GPT(mcfg))
+    seen = None if base_langs == lang_list else base_langs
+    base, base_adam = train_stage(cfg, env, dataset, Stage("base", cfg["base_steps"], cfg["base_lr"], "base",
+                                                           langs=seen), GPT(mcfg))
 
     # 3. profile (§2): each language fine-tunes a copy of base alone; how far does each weight move?
     prof = profile(cfg, env, base, dataset, lang_list)
@@ -463,8 +480,23 @@ def main(argv):
 
     # 6. evaluate (§8): every variant on held-out text, per language -> the table and OUT/results.json
     if env.master:
-        return report(cfg, env, dataset, lang_list, ["base"] + wanted, grp, variants, t_start)
+        return report(cfg, env, dataset, lang_list, base_langs, ["base"] + wanted, grp, variants, t_start)
     return None
+
+
+def resolve_base_langs(cfg, lang_list):
+    """--base_langs -> the languages the dense base is pretrained on (one line for a bad list)."""
+    spec = cfg["base_langs"].strip()
+    if spec == "all" or (spec == "auto" and not (cfg["langs"] == "18" and not cfg["data_dir"])):
+        return list(lang_list)
+    if spec == "auto":
+        return [l for l in lang_list if l in corpus.BLOOM_LANGS]
+    chosen = [l.strip() for l in spec.split(",") if l.strip()]
+    unknown = [l for l in chosen if l not in lang_list]
+    if not chosen or unknown or len(set(chosen)) < len(chosen):
+        raise SystemExit(f"error: --base_langs {spec!r} must be auto, all, or distinct languages of this run's "
+                         f"--langs ({','.join(lang_list)})" + (f"; not in it: {','.join(unknown)}" if unknown else ""))
+    return [l for l in lang_list if l in chosen]   # in the run's order
 
 
 def default_data_cache(cfg):
@@ -557,7 +589,7 @@ def profile(cfg, env, base, dataset, lang_list):
     return prof
 
 
-def report(cfg, env, dataset, lang_list, names, grp, variants, t_start):
+def report(cfg, env, dataset, lang_list, base_langs, names, grp, variants, t_start):
     """Evaluate every variant named (learned routing; MoE variants also forced to each language's group
     expert), print the table and write OUT/results.json. A rerun with a --variants subset updates those
     variants' numbers and keeps the others'."""
@@ -572,6 +604,8 @@ def report(cfg, env, dataset, lang_list, names, grp, variants, t_start):
                    # the profile's stability: similarities of the repeats (disjoint halves of the text)
                    # correlated, and the groups each repeat alone gives, compared by adjusted Rand index
                    profile_stability={"repeat_corr": grp.get("repeat_corr"), "repeat_ari": grp.get("repeat_ari")})
+    new_langs = [l for l in lang_list if l not in base_langs]
+    results.update(base_langs=base_langs, new_langs=new_langs)
     truth = planted.true_groups(cfg["data_dir"])     # a planted world knows the right groups
     if truth:
         results.update(true_groups=truth, true_groups_ari=group.adjusted_rand_index(grp["groups"], truth))
@@ -605,6 +639,16 @@ def report(cfg, env, dataset, lang_list, names, grp, variants, t_start):
         forced = {v: summarize(r)["ppl"] for v, r in results["forced_group"].items()}
         print("\navg ppl with every language forced to its group's expert (learned routing above): "
               + ", ".join(f"{v} {p:.2f}" for v, p in forced.items()))
+    if new_langs:   # the paper's situation: how the languages the base saw and the new ones fared
+        results["by_langs"] = {part: {kind: {v: summarize(r, ls)["ppl"] for v, r in results[kind].items()}
+                                      for kind in ("variants", "forced_group")}
+                               for part, ls in (("seen", base_langs), ("new", new_langs))}
+        print(f"\navg ppl over the {len(base_langs)} languages the base saw ({' '.join(base_langs)}) and the "
+              f"{len(new_langs)} new to it ({' '.join(new_langs)}), learned routing [forced to the group's expert]:")
+        for part in ("seen", "new"):
+            by = results["by_langs"][part]
+            print(f"  {part:5s} " + ", ".join(f"{v} {p:.2f}" + (f" [{by['forced_group'][v]:.2f}]" if v in by["forced_group"] else "")
+                                              for v, p in by["variants"].items()))
     if truth:
         print(f"\nthe planted families {truth}: the profile's groups match them at adjusted Rand index "
               f"{results['true_groups_ari']:.2f} (1.00 = recovered exactly)")

@@ -29,15 +29,20 @@ from eval import summarize  # noqa: E402
 
 # axis -> [(point name, train.py overrides)]; the default is the point without overrides
 AXES = {
-    "width": [("d32", {"n_embd": 32, "n_head": 1}), ("d64", {}), ("d128", {"n_embd": 128, "n_head": 4})],
-    "epochs": [("x0.5", {"base_steps": 0.5, "stage1_steps": 0.5, "stage2_steps": 0.5}), ("x1", {}),
-               ("x2", {"base_steps": 2, "stage1_steps": 2, "stage2_steps": 2})],
+    # the share of the budget after base (stage 1 + stage 2 steps, the base unchanged)
+    "after_base": [("x0.2", {"stage1_steps": 0.2, "stage2_steps": 0.2}), ("x0.5", {"stage1_steps": 0.5, "stage2_steps": 0.5}),
+                   ("x1", {})],
+    # the languages the base is pretrained on: all 18, BLOOM's 10 (the default), 5 of those
+    "base_langs": [("18", {"base_langs": "all"}), ("10", {}), ("5", {"base_langs": "ar,fr,hi,vi,zh"})],
+    # the MoE layers: the eps rule's choice (default), the top layer only, every layer
+    "moe_layers": [("eps0.6", {}), ("eps1", {"eps": 1.0}), ("all", {"eps": 0.0})],
     "stage1": [("10%", {}), ("50%", {"stage1_steps": 0.5}), ("100%", {"stage1_steps": 1.0})],
-    "groups": [("k3", {"n_groups": 3}), ("k6", {}), ("k9", {"n_groups": 9})],
     "top_k": [("k1", {"top_k": 1}), ("k2", {})],
+    "width": [("d32", {"n_embd": 32, "n_head": 1}), ("d64", {}), ("d128", {"n_embd": 128, "n_head": 4})],
+    "groups": [("k3", {"n_groups": 3}), ("k6", {}), ("k9", {"n_groups": 9})],
 }
 # what the dense base depends on: points equal in these share it
-BASE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "vocab_size", "batch_size", "grad_accum",
+BASE_KEYS = ("base_langs", "n_layer", "n_head", "n_embd", "block_size", "dropout", "vocab_size", "batch_size", "grad_accum",
              "base_steps", "base_lr", "sample_alpha", "profile_method", "profile_steps", "profile_lr",
              "profile_batch", "profile_repeats", "profile_windows", "profile_center", "profile_split", "last_layers")
 # ... and what the dense cpt baseline depends on besides (not the groups, not top_k): points equal in
@@ -75,6 +80,10 @@ def averages(res):
     """{variant: avg ppl} under learned routing and, as '<variant> forced', forced to the group expert."""
     out = {v: summarize(r)["ppl"] for v, r in res["variants"].items()}
     out.update({f"{v} forced": summarize(r)["ppl"] for v, r in res.get("forced_group", {}).items()})
+    for part in ("seen", "new"):   # where the base did not see every language: each part apart
+        for kind, suffix in (("variants", ""), ("forced_group", " forced")):
+            for v, ppl in res.get("by_langs", {}).get(part, {}).get(kind, {}).items():
+                out[f"{v}{suffix} {part}"] = ppl
     return out
 
 

@@ -170,3 +170,41 @@ def test_log_interval_records(tmp_path, cache):
     recs = [json.loads(l) for l in open(tmp_path / "logs" / "base.jsonl")]
     assert [r["step"] for r in recs] == [4, 5, 8, 10, 12]
     assert all(r["loss"] > 0 for r in recs) and "val_loss" in recs[-1]
+
+
+def test_base_on_some_languages_then_every_stage_on_all(tmp_path, cache):
+    """--base_langs: the base never draws a batch of the others (the paper's situation: languages new to
+    the base); profile, groups and every later stage take all of them, and the report splits seen / new."""
+    res = run(tmp_path, cache, "--base_langs", "de,ru,ja", "--variants", "cpt,dmoe")
+    assert load_checkpoint(str(tmp_path / "base.pt"))["sampled_langs"] == ["de", "ru", "ja"]
+    assert load_checkpoint(str(tmp_path / "dmoe.pt"))["sampled_langs"] == res["langs"]
+    assert res["base_langs"] == ["de", "ru", "ja"] and res["new_langs"] == ["nl", "uk", "zh"]
+    assert sorted(l for g in res["groups"] for l in g) == sorted(res["langs"])
+    ppl = lambda v, l: res["variants"][v][l]["ppl"]
+    gain = lambda ls: sum(ppl("base", l) / ppl("cpt", l) for l in ls) / len(ls)
+    assert gain(res["new_langs"]) - 1 > 3 * (gain(res["base_langs"]) - 1)   # cpt learned most where base never was
+    by = res["by_langs"]
+    assert by["new"]["variants"]["cpt"] == pytest.approx(sum(ppl("cpt", l) for l in res["new_langs"]) / 3)
+    assert set(by["seen"]["forced_group"]) == {"dmoe"}
+    # the same folder asked for a base of every language refuses (config), and so does a copy of this
+    # base.pt in a fresh folder (the checkpoint knows what it was trained on), each before any work
+    with pytest.raises(SystemExit, match="base_langs='de,ru,ja'"):
+        run(tmp_path, cache, "--base_langs", "all", "--variants", "cpt,dmoe")
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "base.pt").write_bytes((tmp_path / "base.pt").read_bytes())
+    with pytest.raises(SystemExit, match="base.pt was trained on de,ru,ja, not de,nl,ru,uk,ja,zh"):
+        run(fresh, cache, "--variants", "cpt")
+    for bad in ("de,xx", "de,de", ","):
+        with pytest.raises(SystemExit, match="--base_langs"):
+            run(tmp_path / "bad", cache, "--base_langs", bad)
+
+
+def test_base_langs_auto_is_the_papers_situation_for_the_18():
+    cfg = dict(train.DEFAULTS, base_langs="auto")
+    eighteen = "ar bn de fr hi id it ja ko nl ru ta te th uk ur vi zh".split()
+    assert train.resolve_base_langs(cfg, eighteen) == "ar bn fr hi id ta te ur vi zh".split()
+    assert train.resolve_base_langs({**cfg, "langs": "ar,de,ru"}, ["ar", "de", "ru"]) == ["ar", "de", "ru"]
+    assert train.resolve_base_langs({**cfg, "data_dir": "mine"}, eighteen) == eighteen
+    assert train.resolve_base_langs({**cfg, "base_langs": "all"}, eighteen) == eighteen
+    assert train.resolve_base_langs({**cfg, "base_langs": "zh,ar"}, eighteen) == ["ar", "zh"]
