@@ -209,8 +209,8 @@ def train_stage(cfg, env, dataset, stage, model, adam=None):
         raise SystemExit(f"error: {path} {why}; pass another --out to train on the new tokens, or restore "
                          f"the corpus and vocabulary it was trained on")
     sampled = stage.langs or dataset.langs
-    had = ckpt and ckpt.get("sampled_langs", ckpt.get("langs"))
-    if ckpt is not None and had != sampled:   # e.g. a base of every language, now asked for --base_langs auto
+    had = ckpt.get("sampled_langs", ckpt["langs"]) if ckpt is not None else sampled
+    if had != sampled:   # e.g. a base of every language, now asked for --base_langs auto
         raise SystemExit(f"error: {path} was trained on {','.join(had)}, not {','.join(sampled)}; pass another "
                          f"--out, or the --base_langs it was trained with")
     model = model_from_checkpoint(ckpt, env.device) if ckpt else model.to(env.device)
@@ -487,10 +487,10 @@ def main(argv):
 def resolve_base_langs(cfg, lang_list):
     """--base_langs -> the languages the dense base is pretrained on (one line for a bad list)."""
     spec = cfg["base_langs"].strip()
-    if spec == "all" or (spec == "auto" and not (cfg["langs"] == "18" and not cfg["data_dir"])):
-        return list(lang_list)
-    if spec == "auto":
+    if spec == "auto" and cfg["langs"] == "18" and not cfg["data_dir"]:   # the paper's 18: BLOOM's 10
         return [l for l in lang_list if l in corpus.BLOOM_LANGS]
+    if spec in ("all", "auto"):
+        return list(lang_list)
     chosen = [l.strip() for l in spec.split(",") if l.strip()]
     unknown = [l for l in chosen if l not in lang_list]
     if not chosen or unknown or len(set(chosen)) < len(chosen):

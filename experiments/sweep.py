@@ -32,8 +32,8 @@ AXES = {
     # the share of the budget after base (stage 1 + stage 2 steps, the base unchanged)
     "after_base": [("x0.2", {"stage1_steps": 0.2, "stage2_steps": 0.2}), ("x0.5", {"stage1_steps": 0.5, "stage2_steps": 0.5}),
                    ("x1", {})],
-    # the languages the base is pretrained on: all 18, BLOOM's 10 (the default), 5 of those
-    "base_langs": [("18", {"base_langs": "all"}), ("10", {}), ("5", {"base_langs": "ar,fr,hi,vi,zh"})],
+    # the languages the base is pretrained on: all 18 (today's default), BLOOM's 10 (auto), 5 of those
+    "base_langs": [("18", {}), ("10", {"base_langs": "auto"}), ("5", {"base_langs": "ar,fr,hi,vi,zh"})],
     # the MoE layers: the eps rule's choice (default), the top layer only, every layer
     "moe_layers": [("eps0.6", {}), ("eps1", {"eps": 1.0}), ("all", {"eps": 0.0})],
     "stage1": [("10%", {}), ("50%", {"stage1_steps": 0.5}), ("100%", {"stage1_steps": 1.0})],
