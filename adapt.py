@@ -1,24 +1,24 @@
 """
 New-language adaptation (docs/METHOD.md §7): give a trained DMoE model languages it never saw.
 
-    python train.py --adapt be,sr --from out/dmoe.pt      # (or: python adapt.py --adapt be,sr --from ...)
+    python adapt.py --adapt be,sr --from out/dmoe.pt
 
 1. Which existing expert is closest to the new languages? Their perplexity with every MoE layer forced
    to expert e, for each e; the lowest wins.
 2. Add one expert (in every MoE layer): a copy of that expert's FFN and of its router row (upcycle.add_expert).
 3. Train it on the new languages, routed to the new expert, in one of these ways (same batches, --adapt_lr):
    similar      the paper's: every MoE weight (experts and routers) trains, with the router loss;
-   dissimilar   the same, the new expert copied from the LEAST similar expert;
-   new_only     only the new expert and its router row train (a gradient mask), with the router loss;
-   new_only_replay  + a share of old-language text whose router loss keeps it on its own experts;
-   keep_out     new_only + replay, with the new router row first fitted, then trained, as a margin
+   keep_out     only the new expert and its router row train (a gradient mask), on the new text plus a
+                share of old-language text; the new router row is first fitted, then trained, as a margin
                 classifier: new tokens rank the new expert first, old tokens keep it below their k-th
                 choice. An old token whose margin holds keeps its experts and weights exactly;
    cpt          the baseline: the dense `cpt` model of the same run fine-tuned whole.
+   (ablations/adapt_methods.py adds three steps between the two: dissimilar, new_only, new_only_replay.)
 The report: each method's new-language perplexity and how much the old languages' perplexity moved,
 under learned routing (the model as it runs) and routed to their own group's expert.
 """
 import json
+import math
 import os
 import sys
 
@@ -35,6 +35,19 @@ from eval import evaluate, expert_affinity, summarize
 from model import load_checkpoint, model_from_checkpoint
 from tokenizer import Tokenizer
 from upcycle import add_expert
+
+# ----------------------------------------------------------------------------------------------------
+# settings: train.py's (the source run's model settings are taken from its checkpoint) and these
+adapt = ""                   # comma list of new languages (required)
+adapt_from = ""              # the trained MoE checkpoint to extend (alias: --from; required)
+adapt_steps = 100
+adapt_lr = 2e-4
+adapt_replay = 0.25          # keep_out: share of old-language sequences in its batches
+adapt_margin = 1.0           # keep_out: router-logit margin that keeps old tokens off the new expert
+adapt_methods = "similar,keep_out,cpt"   # which to run (ablations/adapt_methods.py adds three more)
+DEFAULTS = dict(train.DEFAULTS, **{k: v for k, v in list(globals().items()) if k.startswith("adapt")})
+ALIASES = {"from": "adapt_from"}
+# ----------------------------------------------------------------------------------------------------
 
 # the settings that decide an adaptation's checkpoints: another value needs another --out
 KEYS = ("adapt", "adapt_from", "adapt_steps", "adapt_lr", "adapt_replay", "adapt_margin", "router_alpha", "seed", "batch_size", "grad_accum",
@@ -146,7 +159,7 @@ def fit_new_router_rows(model, inputs, top_k, margin, steps=300, lr=1e-2):
             loss.backward()
             opt.step()
         moe.router.weight.data[new] = w.detach().to(W.dtype)
-        out.append(float(loss))
+        out.append(float(loss.detach()))
     return out
 
 
@@ -175,15 +188,32 @@ class WithReplay:
     mixed_batch = data.Dataset.mixed_batch   # draws through self.langs, self.get_batch
 
 
-METHODS = ("similar", "dissimilar", "new_only", "new_only_replay", "keep_out", "cpt")
+METHODS = ("similar", "keep_out", "cpt")
 
 
-def main(cfg):
-    """Adapt cfg["adapt_from"] (a trained MoE checkpoint) to the languages cfg["adapt"]. Returns the report."""
-    check_settings(cfg, train.VARIANTS)
+def check_adapt_settings(cfg, methods):
+    """adapt.py's own settings, one line each, before any work (train.py's are check_settings')."""
+    def need(ok, msg):
+        if not ok:
+            raise SystemExit(f"error: {msg}")
+    need(cfg["adapt_steps"] >= 1, f"--adapt_steps must be at least 1, got {cfg['adapt_steps']}")
+    need(math.isfinite(cfg["adapt_lr"]) and cfg["adapt_lr"] > 0, f"--adapt_lr must be a positive number, got {cfg['adapt_lr']}")
+    need(math.isfinite(cfg["adapt_margin"]) and cfg["adapt_margin"] >= 0, f"--adapt_margin must be 0 or more, got {cfg['adapt_margin']}")
+    need(0 <= cfg["adapt_replay"] < 1, f"--adapt_replay must be in [0, 1), got {cfg['adapt_replay']}")
+    need(cfg["adapt"].strip(), "--adapt needs the new languages, e.g. --adapt be,sr")
     wanted = [m.strip() for m in cfg["adapt_methods"].split(",") if m.strip()]
-    if not wanted or set(wanted) - set(METHODS):
-        raise SystemExit(f"error: --adapt_methods {cfg['adapt_methods']!r}: choose from {','.join(METHODS)}")
+    need(wanted and not set(wanted) - set(methods), f"--adapt_methods {cfg['adapt_methods']!r}: choose from {','.join(methods)}")
+    return wanted
+
+
+def main(argv, extra_methods=None):
+    """Adapt --from (a trained MoE checkpoint) to the languages --adapt. Returns the report. extra_methods:
+    {name: fn(new_expert, best, worst, cfg) -> the adapted model}, run after the paper's (an ablation's
+    methods, ablations/adapt_methods.py)."""
+    extra_methods = extra_methods or {}
+    cfg = parse_args(argv, DEFAULTS, train.PRESETS, ALIASES, __doc__)
+    check_settings(cfg, train.VARIANTS, pipeline=False)
+    wanted = check_adapt_settings(cfg, METHODS[:-1] + tuple(extra_methods) + METHODS[-1:])
     if not cfg["adapt_from"]:
         raise SystemExit("error: --adapt needs --from CKPT, a trained MoE checkpoint such as out/dmoe.pt")
     src = train.checkpoint_or_exit(cfg["adapt_from"])
@@ -208,7 +238,7 @@ def main(cfg):
         raise SystemExit(f"error: {e}")
     run_dir = os.path.dirname(os.path.abspath(cfg["adapt_from"]))
     variant = os.path.splitext(os.path.basename(cfg["adapt_from"]))[0]
-    if cfg["out"] == train.DEFAULTS["out"]:   # one folder per new languages and source model
+    if cfg["out"] == DEFAULTS["out"]:   # one folder per new languages and source model
         cfg["out"] = os.path.join(run_dir, f"adapt-{'_'.join(new_langs)}-from-{variant}")
     cfg["adapt_from"] = os.path.abspath(cfg["adapt_from"])
     for k in ("block_size", "vocab_size", "top_k"):
@@ -253,14 +283,11 @@ def main(cfg):
                             meta=dict(meta, copied=copy_from, method=name), **extra)
         return train.train_stage(cfg, env, WithReplay(new_data, old_data, replay) if replay else new_data, stage, m)[0]
     methods = {
-        # the paper's: all MoE weights train, the new expert copied from the most / least similar one
+        # the paper's: all MoE weights train, the new expert copied from the most similar one
         "similar": lambda: new_expert("similar", best, moe_only),
-        "dissimilar": lambda: new_expert("dissimilar", worst, moe_only),
-        # only the new expert and its router row train; + replay: old text, router loss to their own expert
-        "new_only": lambda: new_expert("new_only", best, new_expert_only),
-        "new_only_replay": lambda: new_expert("new_only_replay", best, new_expert_only, cfg["adapt_replay"]),
-        # + keep out: margins instead of the router loss, the new expert first for new tokens and
-        #   below every old token's k-th choice
+        **{name: (lambda make=make: make(new_expert, best, worst, cfg)) for name, make in extra_methods.items()},
+        # only the new expert and its router row train, on new text + old text (replay), with margins
+        # instead of the router loss: the new expert first for new tokens, below every old token's k-th choice
         "keep_out": lambda: new_expert("keep_out", best, new_expert_only, cfg["adapt_replay"], KeepOut,
                                        top_k=model.config.top_k, margin=cfg["adapt_margin"])}
     models = {"before": model, **{name: make() for name, make in methods.items() if name in wanted}}
@@ -318,4 +345,7 @@ def adapt_table(rep):
 
 
 if __name__ == "__main__":
-    main(parse_args(sys.argv[1:], train.DEFAULTS, train.PRESETS, train.ALIASES, __doc__))
+    try:
+        main(sys.argv[1:])
+    except KeyboardInterrupt:   # Ctrl-C: the last checkpoint of every stage is kept
+        raise SystemExit("\ninterrupted: run the same command again to resume from the last checkpoint")

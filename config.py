@@ -79,24 +79,25 @@ def _typed(key, val, default):
     return type(default)(v)
 
 
-def check_settings(cfg, known_variants):
+def check_settings(cfg, known_variants, pipeline=True):
     """Refuse, with one line each, every setting that could only fail later (or silently train nonsense).
-    Returns the pipeline's language list. Nothing is written before this passes."""
+    Returns the pipeline's language list (None with pipeline=False: adapt.py checks its own languages).
+    Nothing is written before this passes."""
     def need(ok, msg):
         if not ok:
             raise SystemExit(f"error: {msg}")
     for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "base_steps",
               "profile_steps", "profile_batch", "profile_repeats", "profile_windows", "top_k", "log_interval", "eval_interval",
-              "eval_windows", "ckpt_interval", "adapt_steps"):
+              "eval_windows", "ckpt_interval"):
         need(cfg[k] >= 1, f"--{k} must be at least 1, got {cfg[k]}")
     for k in ("stage1_steps", "stage2_steps", "last_layers", "seed", "data_seed", "max_tokens_per_lang"):
         need(cfg[k] >= 0, f"--{k} must be 0 or more, got {cfg[k]}")
     need(cfg["stage1_steps"] + cfg["stage2_steps"] >= 1, "--stage1_steps + --stage2_steps must be at least 1")
-    for k in ("base_lr", "lr", "profile_lr", "adapt_lr"):
+    for k in ("base_lr", "lr", "profile_lr"):
         need(math.isfinite(cfg[k]) and cfg[k] > 0, f"--{k} must be a positive number, got {cfg[k]}")
-    for k in ("weight_decay", "grad_clip", "sample_alpha", "router_alpha", "balance_coef", "z_coef", "adapt_margin"):
+    for k in ("weight_decay", "grad_clip", "sample_alpha", "router_alpha", "balance_coef", "z_coef"):
         need(math.isfinite(cfg[k]) and cfg[k] >= 0, f"--{k} must be 0 or more, got {cfg[k]}")
-    for k in ("dropout", "beta1", "beta2", "warmup_frac", "adapt_replay"):
+    for k in ("dropout", "beta1", "beta2", "warmup_frac"):
         need(0 <= cfg[k] < 1, f"--{k} must be in [0, 1), got {cfg[k]}")
     need(0 <= cfg["min_lr_frac"] <= 1, f"--min_lr_frac must be in [0, 1], got {cfg['min_lr_frac']}")
     need(math.isfinite(cfg["eps"]), f"--eps must be a number, got {cfg['eps']}")
@@ -125,8 +126,8 @@ def check_settings(cfg, known_variants):
     need(cfg["dtype"] in ("auto", "float32", "bfloat16"), f"--dtype {cfg['dtype']!r}: choose auto, float32 or bfloat16")
     need(cfg["compile"] in ("auto", "True", "False"), f"--compile {cfg['compile']!r}: choose auto, True or False")
     need(not os.path.isfile(cfg["out"]), f"--out {cfg['out']} is a file; give a directory")
-    if cfg["adapt"]:
-        return None   # adapt.py checks its own languages
+    if not pipeline:
+        return None
     wanted = [v.strip() for v in cfg["variants"].split(",") if v.strip()]
     unknown = sorted(set(wanted) - set(known_variants))
     need(wanted and not unknown, f"--variants {cfg['variants']!r}: choose from {','.join(known_variants)}")

@@ -1,18 +1,15 @@
 """
 Evaluation of nanoDMoE models (docs/METHOD.md §8): per-language held-out loss / perplexity / bits per
-byte, where the learned router sends each language, and expert affinity (§7).
+byte, and expert affinity (§7, the expert a new language starts from).
 
     python eval.py out/cpt.pt out/dmoe.pt                    # compare checkpoints (vs --baseline cpt)
     python eval.py out                                       # every variant of a train.py run directory
     python eval.py out --routing group --split parallel      # every language forced to its group's expert
     python eval.py out/dmoe.pt --routing expert:2            # every language forced to expert 2
-    python eval.py out/dmoe.pt --routing_analysis --affinity # where the router sends each language;
-                                                             # ppl with every MoE layer forced to expert e
-    python eval.py out --pictures out/pics                   # PNGs (or text) through plots.py
     python eval.py out/results.json                          # re-print train.py's final table
-    python eval.py runs/s0 runs/s1 runs/s2                   # several runs' results.json: mean ± std over
-                                                             # runs, agreement of their groups (ARI)
     python eval.py out/dmoe.pt --sample "Все люди" --sample_lang ru   # a continuation of a prompt
+
+Where the router sends each language, pictures, and several seeds' runs: analysis/report.py.
 
 Metrics, per language (deterministic non-overlapping windows from the start of the split):
 - loss = mean nats per target token, ppl = exp(loss) (the paper's number);
@@ -24,7 +21,6 @@ Averages are plain means over languages (the paper averages per-language perplex
 
 import argparse
 import glob
-import itertools
 import json
 import math
 import os
@@ -36,8 +32,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import group
-import plots
 from common import check_device, default_device, stale_data
 from model import load_checkpoint, model_from_checkpoint
 from tokenizer import Tokenizer
@@ -229,84 +223,7 @@ def compare_table(results_by_variant, baseline="cpt", params=None, width=120):
     return "\n".join(lines)
 
 # -----------------------------------------------------------------------------
-# routing analysis and expert affinity
-
-
-@torch.no_grad()
-def routing_matrix(model, data, langs, split="val", block_size=None, max_windows=32, lang_to_expert=None,
-                   device=None, batch_size=16):
-    """
-    Where the learned router sends each language's tokens. Returns a dict:
-      langs, layers      the languages and the MoE block ids
-      matrix             (n_moe, n_langs, E) share of each language's token-slots per expert, from
-                         aux["expert_counts"] (top_k slots per token; rows sum to 1)
-      top1, prob         (n_moe, n_langs, E) share of tokens whose first choice is e / mean router
-                         probability of e (informative also when top_k >= E makes `matrix` uniform)
-      own_group_share    (n_moe, n_langs) matrix's share to the language's group expert, nan where the
-                         language has none; None without lang_to_expert (own_group_top1 likewise, top1)
-      load, load_cv      (n_moe, E) share of all slots per expert; (n_moe,) its coefficient of variation
-      load_top1(_cv)     the same for first choices
-      top_k              the model's top_k
-    """
-    if not model.config.moe_layers:
-        raise ValueError("routing_matrix needs an MoE model (this one is dense)")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    block_size = block_size or model.config.block_size
-    E, layers = model.config.n_experts, sorted(model.config.moe_layers)
-    counts = np.zeros((len(layers), len(langs), E))
-    top1 = np.zeros_like(counts)
-    prob = np.zeros_like(counts)
-    cur = {"li": 0}  # the language being evaluated, for the hooks
-
-    def hook_for(k):
-        # the router's view of the MoE input x (B, T, C): first choice and probabilities per token
-        def hook(mod, args):
-            x = args[0]
-            p = mod.router_logits(x.reshape(-1, x.shape[-1])).softmax(-1)  # (B*T, E)
-            top1[k, cur["li"]] += torch.bincount(p.argmax(-1), minlength=E).cpu().numpy()
-            prob[k, cur["li"]] += p.sum(0).cpu().numpy()
-        return hook
-
-    handles = [m.register_forward_pre_hook(hook_for(k)) for k, m in enumerate(model.moe_modules())]
-    was_training = model.training
-    model.eval()
-    try:
-        for li, lang in enumerate(langs):
-            cur["li"] = li
-            x_all, y_all = data.eval_windows(lang, split, block_size, max_windows)  # (N, T) each
-            for i in range(0, x_all.shape[0], batch_size):
-                x = x_all[i:i + batch_size].to(device)  # (B, T)
-                y = y_all[i:i + batch_size].to(device)
-                with _autocast(device):
-                    _, _, aux = model(x, targets=y, routing="learned")
-                counts[:, li, :] += aux["expert_counts"].float().cpu().numpy()  # (n_moe, E)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-
-    def rownorm(c):
-        tot = c.sum(-1, keepdims=True)
-        return np.divide(c, tot, out=np.zeros_like(c), where=tot > 0)
-
-    cv = lambda load: load.std(-1) / np.maximum(load.mean(-1), 1e-12)
-    load, load_top1 = rownorm(counts.sum(1)), rownorm(top1.sum(1))  # (n_moe, E) over all languages' tokens
-    matrix, top1, prob = rownorm(counts), rownorm(top1), rownorm(prob)
-
-    def own_share(M):
-        if not lang_to_expert:
-            return None
-        own = np.full((len(layers), len(langs)), np.nan)
-        for li, lang in enumerate(langs):
-            e = lang_to_expert.get(lang)
-            if e is not None and 0 <= e < E:
-                own[:, li] = M[:, li, e]
-        return own
-
-    return {"langs": list(langs), "layers": layers, "matrix": matrix, "top1": top1, "prob": prob,
-            "own_group_share": own_share(matrix), "own_group_top1": own_share(top1),
-            "load": load, "load_cv": cv(load), "load_top1": load_top1, "load_top1_cv": cv(load_top1),
-            "top_k": model.config.top_k}
+# expert affinity (the paper's choice of the expert a new language starts from, adapt.py)
 
 
 def expert_affinity(model, data, langs, split="val", block_size=None, max_windows=16, device=None, batch_size=16):
@@ -320,51 +237,6 @@ def expert_affinity(model, data, langs, split="val", block_size=None, max_window
                        force_expert=e, device=device, batch_size=batch_size)
         aff[:, e] = [res[l]["ppl"] for l in langs]
     return aff
-
-
-def most_similar_expert(affinity, langs):
-    """{lang: the expert with the lowest forced-routing perplexity} from expert_affinity's (n_langs, E)."""
-    return {l: int(np.argmin(affinity[i])) for i, l in enumerate(langs)}
-
-
-# -----------------------------------------------------------------------------
-# several runs (seeds)
-
-
-def seed_summary(runs, baseline="cpt"):
-    """Mean ± sample std over runs (e.g. seeds) of each variant's average perplexity and bits per byte,
-    and of its % change against the baseline within each run. MoE variants evaluated with every language
-    forced to its group's expert (train.py's "forced_group") get a second row, "<variant> forced"."""
-    tables = {v: [r["variants"][v] for r in runs] for v in runs[0]["variants"] if all(v in r["variants"] for r in runs)}
-    for v in runs[0].get("forced_group", {}):
-        if all(v in r.get("forced_group", {}) for r in runs):
-            tables[v + " forced"] = [r["forced_group"][v] for r in runs]
-    avg = {v: [summarize(t) for t in ts] for v, ts in tables.items()}   # per variant, per run
-    lines = [f"{len(runs)} runs; mean ± std over runs of the per-run average over languages",
-             f"{'variant':<17} {'avg ppl':>16} {'avg bpb':>18} {'Δppl vs ' + baseline:>18}"]
-    for v in avg:
-        ppl = np.array([a["ppl"] for a in avg[v]])
-        bpb = np.array([a["bpb"] for a in avg[v]])
-        row = f"{v:<17} {ppl.mean():9.2f} ± {ppl.std(ddof=1):5.2f} {bpb.mean():10.4f} ± {bpb.std(ddof=1):.4f}"
-        if baseline in avg:
-            d = 100 * (ppl / np.array([a["ppl"] for a in avg[baseline]]) - 1)
-            row += f" {d.mean():+9.2f}% ± {d.std(ddof=1):.2f}"
-        lines.append(row)
-    return "\n".join(lines)
-
-
-def group_agreement(runs, names):
-    """Pairwise adjusted Rand index of the runs' groups (results.json "groups"): how much the grouping
-    depends on the seed (1 = the same groups, ~0 = chance)."""
-    have = [(n, r["groups"]) for n, r in zip(names, runs) if r.get("groups")]
-    if len(have) < 2:
-        return "groups: fewer than two runs have groups, nothing to compare"
-    pairs = [(a, b, group.adjusted_rand_index(ga, gb)) for (a, ga), (b, gb) in itertools.combinations(have, 2)]
-    w = max(len(n) for n, _ in have)
-    aris = np.array([ari for _, _, ari in pairs])
-    return "\n".join(["groups: pairwise adjusted Rand index (1 = the same groups, ~0 = chance)"]
-                     + [f"  {a:<{w}}  {b:<{w}}  {ari:6.3f}" for a, b, ari in pairs]
-                     + [f"  mean {np.mean(aris):.3f}, min {np.min(aris):.3f} over {len(pairs)} pairs"])
 
 
 def load_results(path):
@@ -385,6 +257,14 @@ def load_results(path):
 # command line
 
 GENERIC_STEMS = {"ckpt", "model", "final", "last", "best", "checkpoint"}
+VARIANT_ORDER = ["base", "cpt", "dmoe", "random", "all_layers"]   # train.py's variants, in pipeline order
+
+
+def variant_rank(name):
+    """Sort key: train.py's variants first, in pipeline order, a stage-1 name before its variant."""
+    base = name[:-len("_stage1")] if name.endswith("_stage1") else name
+    known = VARIANT_ORDER.index(base) if base in VARIANT_ORDER else len(VARIANT_ORDER)
+    return known, base, 0 if name != base else 1
 
 
 def _variant_name(path):
@@ -412,7 +292,7 @@ def find_checkpoints(paths, stages=False):
             if not stages:
                 files = [f for f in files if not (_variant_name(f).endswith("_stage1")
                                                   and _variant_name(f)[:-len("_stage1")] in names)]
-            out += sorted(files, key=lambda f: (plots.variant_rank(_variant_name(f)), f))
+            out += sorted(files, key=lambda f: (variant_rank(_variant_name(f)), f))
         elif os.path.exists(p):
             out.append(p)
         else:
@@ -427,11 +307,6 @@ def find_checkpoints(paths, stages=False):
         seen.add(name)
         named.append((name, f))
     return named
-
-
-def load_dataset(path):
-    import data as datamod
-    return datamod.Dataset.load(path)
 
 
 def _resolve_cache(ckpt, ckpt_path, override):
@@ -449,6 +324,43 @@ def _resolve_cache(ckpt, ckpt_path, override):
             return os.path.join(d, dc)
         d = os.path.dirname(d)
     return dc
+
+
+def load_dataset(path):
+    import data   # here: only the command line reads token files from disk
+    return data.Dataset.load(path)
+
+
+def each_checkpoint(paths, device, data_cache=None, langs=None, stages=False):
+    """Yield (variant, path, ckpt, model, data, langs) for every readable checkpoint of `paths`, each with
+    the tokens it was trained on (its config's data cache, or data_cache; a cache holding other tokens is
+    refused in one line). An unreadable checkpoint is skipped with a line saying so."""
+    datasets = {}
+    for variant, path in find_checkpoints(paths, stages=stages):
+        try:
+            ckpt = load_checkpoint(path)
+        except RuntimeError as e:
+            print(f"skipping {path}: {e}")
+            continue
+        model = model_from_checkpoint(ckpt, device)
+        cache = _resolve_cache(ckpt, path, data_cache)
+        if cache not in datasets:
+            try:
+                datasets[cache] = load_dataset(cache)
+            except FileNotFoundError as e:
+                raise SystemExit(f"error: {e} (or pass --data_cache DIR)")
+        data = datasets[cache]
+        if stale_data(ckpt, data):
+            raise SystemExit(f"error: {path} was trained on other tokens than {cache} holds (another corpus or "
+                             f"vocabulary); pass the --data_cache it was trained on")
+        if langs:
+            chosen = [l for l in langs.split(",") if l]
+            missing = [l for l in chosen if l not in data.langs]
+            if missing:
+                raise SystemExit(f"error: {missing} not in {cache} (it has {','.join(data.langs)})")
+        else:
+            chosen = [l for l in (ckpt.get("langs") or data.langs) if l in data.langs]
+        yield variant, path, ckpt, model, data, chosen
 
 
 def sample(args):
@@ -473,9 +385,10 @@ def sample(args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Per-language loss/ppl/bits-per-byte of nanoDMoE checkpoints.")
-    p.add_argument("paths", nargs="+", help="checkpoint files and/or run directories (searched for *.pt); "
-                   "results.json files; two or more results.json (or run directories holding one): a seed summary")
+    p = argparse.ArgumentParser(description="Per-language loss/ppl/bits-per-byte of nanoDMoE checkpoints "
+                                "(routing analysis, pictures and seed summaries: analysis/report.py).")
+    p.add_argument("paths", nargs="+", help="checkpoint files and/or run directories (searched for *.pt), "
+                   "or results.json files (their table is printed)")
     p.add_argument("--routing", default="learned", help="learned | group | expert:E")
     p.add_argument("--split", default="val", choices=["val", "parallel"],
                    help="val: held-out documents; parallel: held-out UDHR articles, the same text in every language")
@@ -486,11 +399,6 @@ def main(argv=None):
     p.add_argument("--max_windows", type=int, default=100)
     p.add_argument("--block_size", type=int, default=None)
     p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--routing_analysis", action="store_true", help="where the learned router sends each language")
-    p.add_argument("--affinity", action="store_true", help="ppl with every MoE layer forced to each expert")
-    p.add_argument("--pictures", default=None, metavar="OUTDIR", help="write PNGs (text without matplotlib)")
-    p.add_argument("--profile", default=None, help="profile.json for pictures (default: RUN_DIR/profile.json)")
-    p.add_argument("--groups", default=None, help="groups.json for pictures (default: RUN_DIR/groups.json)")
     p.add_argument("--sample", default=None, metavar="PROMPT", help="print a continuation of PROMPT instead")
     p.add_argument("--sample_tokens", type=int, default=60)
     p.add_argument("--sample_lang", default=None, help="route the sample to this language's expert (group routing)")
@@ -500,8 +408,6 @@ def main(argv=None):
     if args.max_windows < 1 or args.batch_size < 1:
         raise SystemExit(f"error: --max_windows and --batch_size must be at least 1, got {args.max_windows} "
                          f"and {args.batch_size}")
-    if args.pictures and os.path.exists(args.pictures) and not os.path.isdir(args.pictures):
-        raise SystemExit(f"error: --pictures {args.pictures} is a file; give a folder to write the pictures to")
     if args.sample is not None:
         if not args.sample:
             raise SystemExit("error: --sample needs a non-empty prompt")
@@ -510,45 +416,16 @@ def main(argv=None):
     if not (args.routing in ("learned", "group") or forced):
         p.error("--routing must be learned, group or expert:E")
 
-    is_results = lambda q: q.endswith(".json") or os.path.isfile(os.path.join(q, "results.json"))
-    if len(args.paths) > 1 and all(map(is_results, args.paths)):  # several runs (seeds)
-        runs = [load_results(q) for q in args.paths]
-        print(seed_summary(runs, baseline=args.baseline))
-        print()
-        print(group_agreement(runs, args.paths))
-        return runs
-    results, params, analyses, datasets = {}, {}, {}, {}
+    results, params = {}, {}
     jsons = [q for q in args.paths if q.endswith(".json")]  # a results.json is printed, not re-evaluated
     for q in jsons:
         saved = load_results(q)
         results.update(saved["variants"])
         params.update({v: n for v, n in (saved.get("params") or {}).items() if n is not None})
-    ckpts = find_checkpoints([q for q in args.paths if q not in jsons], stages=args.stages)
-    for variant, path in ckpts:
-        try:
-            ckpt = load_checkpoint(path)
-        except RuntimeError as e:
-            print(f"skipping {path}: {e}")
-            continue
-        model = model_from_checkpoint(ckpt, args.device)
+    ckpts = [q for q in args.paths if q not in jsons]
+    for variant, path, ckpt, model, data, langs in each_checkpoint(ckpts, args.device, args.data_cache, args.langs,
+                                                                   args.stages):
         moe = bool(model.config.moe_layers)
-        cache = _resolve_cache(ckpt, path, args.data_cache)
-        if cache not in datasets:
-            try:
-                datasets[cache] = load_dataset(cache)
-            except FileNotFoundError as e:
-                raise SystemExit(f"error: {e} (or pass --data_cache DIR)")
-        data = datasets[cache]
-        if stale_data(ckpt, data):
-            raise SystemExit(f"error: {path} was trained on other tokens than {cache} holds (another corpus or "
-                             f"vocabulary); pass the --data_cache it was trained on")
-        if args.langs:
-            langs = [l for l in args.langs.split(",") if l]
-            missing = [l for l in langs if l not in data.langs]
-            if missing:
-                raise SystemExit(f"error: {missing} not in {cache} (it has {','.join(data.langs)})")
-        else:
-            langs = [l for l in (ckpt.get("langs") or data.langs) if l in data.langs]
         lang_to_expert = ckpt.get("lang_to_expert")
         routing = "learned" if args.routing == "group" and not lang_to_expert else args.routing  # never grouped
         t0 = time.time()
@@ -566,33 +443,13 @@ def main(argv=None):
         done = "" if ckpt.get("done", True) else ", unfinished"
         print(f"{variant:<12} {path}  [{ckpt.get('stage', '?')}{done}, {kind}, routing {routing if moe else '-'}] "
               f"avg ppl {_fmt('ppl', s['ppl'])} bpb {_fmt('bpb', s['bpb'])} ({s['tokens']:,} tokens, {time.time() - t0:.1f}s)")
-        if moe and (args.routing_analysis or args.pictures):
-            rm = routing_matrix(model, data, langs, split=args.split, block_size=args.block_size,
-                                max_windows=min(args.max_windows, 32), lang_to_expert=lang_to_expert,
-                                device=args.device, batch_size=args.batch_size)
-            analyses[variant] = (rm, lang_to_expert)
-            if args.routing_analysis:
-                print(f"\nrouting of {variant} (learned router, {args.split} split)")
-                print(plots.routing_report(rm, lang_to_expert))
-        if moe and args.affinity:
-            aff = expert_affinity(model, data, langs, split=args.split, block_size=args.block_size,
-                                  max_windows=min(args.max_windows, 16), device=args.device, batch_size=args.batch_size)
-            print(f"\nexpert affinity of {variant}")
-            print(plots.affinity_report(aff, langs, lang_to_expert))
-        del model
     if not results:
         raise SystemExit(f"error: nothing evaluated ({', '.join(args.paths)}): no readable checkpoint or results")
-
     print()
     if ckpts:
         print(f"split {args.split} | routing {args.routing} (MoE checkpoints) | up to {args.max_windows} windows "
               f"per language | {args.device}")
     print(compare_table(results, baseline=args.baseline, params=params))
-    if args.pictures:
-        run_dir = next((q for q in args.paths if os.path.isdir(q)), os.path.dirname(args.paths[0]) or ".")
-        written = plots.write_pictures(args.pictures, run_dir, analyses, args.profile, args.groups)
-        if written:
-            print("\nwrote " + ", ".join(written))
     return results
 
 

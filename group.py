@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from common import nearest_existing, save_json
+from common import nearest_existing, normalized, save_json, text_bar, text_similarity
 
 METHODS = ("agglomerative", "minmax", "seed", "random")
 
@@ -255,15 +255,6 @@ def select_layers(dev_per_layer, eps=0.6):
         chosen = [int(np.argmax(D))]
     return chosen
 
-def normalized(x, lo=None, hi=None):
-    """(x - lo) / (hi - lo) clipped to [0, 1], lo and hi defaulting to x's min and max (NaN ignored);
-    0 where hi <= lo. Of the per-layer deviations D_l this is D^_l; plots.py's heatmaps, sparklines
-    and bars share it, so that there is one min-max scaling."""
-    x = np.asarray(x, dtype=np.float64)
-    lo = np.nanmin(x) if lo is None else lo
-    hi = np.nanmax(x) if hi is None else hi
-    return np.clip((x - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
-
 # -----------------------------------------------------------------------------
 # groups.json
 
@@ -382,7 +373,6 @@ def report(g, profile=None):
     """Human-readable report of a make_groups() result: heatmap, groups with their mean similarity,
     nearest neighbours, per-layer deviations with bars and the chosen MoE layers, repeat stability.
     `profile` (optional) adds the profiling settings and the fine-tuning losses."""
-    from plots import text_bar, text_similarity  # here, not at the top: plots imports group
     langs, groups = g["langs"], g["groups"]
     S = np.asarray(g["similarity"], dtype=np.float64)
     n = len(langs)

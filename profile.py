@@ -48,8 +48,7 @@ import numpy as np
 import torch
 
 import group
-import plots
-from common import save_json
+from common import save_json, text_bar, text_similarity
 
 # -----------------------------------------------------------------------------
 # which weights count
@@ -286,7 +285,7 @@ def similarity(vectors, center=False):
 def summary(prof):
     """Short text summary: similarity heatmap (language order as given) and per-layer mean deviations."""
     langs = prof["langs"]
-    lines = [plots.text_similarity(prof["similarity"], langs)]
+    lines = [text_similarity(prof["similarity"], langs)]
     if prof.get("repeat_corr") is not None:
         lines.append(f"repeat stability: mean correlation of off-diagonal similarities between repeats "
                      f"{prof['repeat_corr']:.3f}")
@@ -294,7 +293,7 @@ def summary(prof):
     A = np.mean([prof["attn_dev"][l] for l in langs], axis=0)
     lines.append(f"per-layer mean deviation (vector layers {prof['vector_layers']}):")
     for l in range(len(D)):
-        lines.append(f"  layer {l:3d}  ffn {D[l]:.3e} {plots.text_bar(D[l], D.max()):<24s} attn {A[l]:.3e}")
+        lines.append(f"  layer {l:3d}  ffn {D[l]:.3e} {text_bar(D[l], D.max()):<24s} attn {A[l]:.3e}")
     return "\n".join(lines)
 
 def cli(argv=None):

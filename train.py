@@ -3,7 +3,7 @@ The whole DMoE ("Group then Scale") method, one command. Read main() top to bott
 
     python train.py --langs 18                                # the default run, every stage
     python train.py --langs 18 --preset tiny --out out-tiny   # a smoke run of every stage, seconds
-    python train.py --adapt be,sr --from out/dmoe.pt          # add new languages (adapt.py)
+    python adapt.py --adapt be,sr --from out/dmoe.pt          # then: add new languages (adapt.py)
 
     text -> tokens -> dense base -> profile -> groups -> upcycle -> stage 1 -> stage 2 -> table
 
@@ -85,14 +85,6 @@ router_alpha = 1.28          # weight of the router cross-entropy in stage 1 (th
 balance_coef = 0.02          # Switch load-balancing loss weight in stage 2 (the paper's)
 z_coef = 0.0                 # router z-loss weight
 variants = "cpt,dmoe,random,all_layers"
-# new-language adaptation, adapt.py: python train.py --adapt be,sr --from out/dmoe.pt (docs/METHOD.md §7)
-adapt = ""                   # comma list of new languages; empty = run the pipeline
-adapt_from = ""              # the trained MoE checkpoint to extend (alias: --from)
-adapt_steps = 100
-adapt_lr = 2e-4
-adapt_replay = 0.25          # share of old-language sequences in the batches of the replay method
-adapt_margin = 1.0           # keep_out: router-logit margin that keeps old tokens off the new expert
-adapt_methods = "similar,dissimilar,new_only,new_only_replay,keep_out,cpt"   # adapt.py's methods to run
 # optimizer (every stage)
 weight_decay = 0.01
 beta1 = 0.9
@@ -135,7 +127,7 @@ PRESETS = {
                       stage2_steps=900, lr=3e-4, log_interval=10, eval_interval=500, eval_windows=100,
                       ckpt_interval=250),
 }
-ALIASES = {"from": "adapt_from"}
+ALIASES = {}
 DEFAULTS = {k: v for k, v in list(globals().items())
             if not k.startswith("_") and isinstance(v, (int, float, str, bool)) and k.islower()}
 VARIANTS = ("cpt", "dmoe", "random", "all_layers")
@@ -400,10 +392,9 @@ class TrainLog:
 # the method, top to bottom
 
 def main(argv):
+    if any(a.split("=")[0] in ("--adapt", "--from", "--adapt_from") for a in argv):
+        raise SystemExit("error: adding languages is its own command: python adapt.py --adapt be,sr --from out/dmoe.pt")
     cfg = parse_args(argv, DEFAULTS, PRESETS, ALIASES, __doc__)
-    if cfg["adapt"]:                       # new languages for a trained MoE: adapt.py
-        import adapt
-        return adapt.main(cfg)
     if cfg["data_dir"] == "planted":       # the synthetic world where the right groups are known, one per seed
         cfg["data_dir"] = planted.write(os.path.join("data_cache", f"planted-{cfg['seed']}"), cfg["seed"])
     cfg["data_cache"] = cfg["data_cache"] or default_data_cache(cfg)

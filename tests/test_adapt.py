@@ -4,8 +4,10 @@ import json
 import pytest
 import torch
 
+import adapt as A
 import data as D
 import train
+from ablations import adapt_methods
 from model import load_checkpoint, model_from_checkpoint
 
 OLD = "de,nl,ru,uk"
@@ -21,7 +23,8 @@ def run(tmp_path_factory):
 
 
 def adapt(run, *extra):
-    return train.main(["--preset", "tiny", "--adapt", "ja", "--from", str(run / "dmoe.pt"),
+    """Every method: the paper's and keep_out (adapt.py) and the three of ablations/adapt_methods.py."""
+    return adapt_methods.main(["--preset", "tiny", "--adapt", "ja", "--from", str(run / "dmoe.pt"),
                        "--adapt_steps", "6", "--out", str(run / "adapt"),
                        "--data_cache", str(run / "cache-ja"), *extra])
 
@@ -74,11 +77,11 @@ def test_adaptation_old_logits_under_group_routing_are_unchanged(run):
 
 def test_adaptation_rejects_bad_languages(run):
     with pytest.raises(SystemExit, match="de already trained"):
-        train.main(["--preset", "tiny", "--adapt", "de", "--from", str(run / "dmoe.pt")])
+        A.main(["--preset", "tiny", "--adapt", "de", "--from", str(run / "dmoe.pt")])
     with pytest.raises(SystemExit, match="xx"):
-        train.main(["--preset", "tiny", "--adapt", "xx", "--from", str(run / "dmoe.pt")])
+        A.main(["--preset", "tiny", "--adapt", "xx", "--from", str(run / "dmoe.pt")])
     with pytest.raises(SystemExit, match="dense checkpoint"):
-        train.main(["--preset", "tiny", "--adapt", "ja", "--from", str(run / "cpt.pt")])
+        A.main(["--preset", "tiny", "--adapt", "ja", "--from", str(run / "cpt.pt")])
 
 
 def test_adaptation_needs_a_finished_trained_moe(run, tmp_path):
@@ -87,13 +90,13 @@ def test_adaptation_needs_a_finished_trained_moe(run, tmp_path):
     from model import save_checkpoint
     upcycle.main([str(run / "base.pt"), "--layers", "0", "--experts", "2", "--out", str(tmp_path / "moe.pt")])
     with pytest.raises(SystemExit, match="has no .*upcycle.py output is not trained") as e:
-        train.main(["--preset", "tiny", "--adapt", "ja", "--from", str(tmp_path / "moe.pt"), "--out", str(tmp_path / "a")])
+        A.main(["--preset", "tiny", "--adapt", "ja", "--from", str(tmp_path / "moe.pt"), "--out", str(tmp_path / "a")])
     assert "\n" not in str(e.value) and not (tmp_path / "a").exists()
     unfinished = load_checkpoint(str(run / "dmoe.pt"))
     unfinished.update(done=False, step=3)
     save_checkpoint(str(tmp_path / "dmoe.pt"), unfinished)
     with pytest.raises(SystemExit, match=r"is an unfinished stage \(step 3\)") as e:
-        train.main(["--preset", "tiny", "--adapt", "ja", "--from", str(tmp_path / "dmoe.pt"), "--out", str(tmp_path / "b")])
+        A.main(["--preset", "tiny", "--adapt", "ja", "--from", str(tmp_path / "dmoe.pt"), "--out", str(tmp_path / "b")])
     assert "\n" not in str(e.value) and not (tmp_path / "b").exists()
 
 
@@ -130,7 +133,7 @@ def test_learned_routing_forgetting_bound(trained):
     move by at most 0.5% with keep_out, while be gains. The paper's method ("similar": the new expert and
     its router row copied, all MoE weights train) breaks that bound on the same batches: old tokens
     follow the copied router row to the new expert."""
-    rep = train.main(["--preset", "tiny", "--adapt", "be", "--from", str(trained / "dmoe.pt"),
+    rep = A.main(["--preset", "tiny", "--adapt", "be", "--from", str(trained / "dmoe.pt"),
                       "--adapt_steps", "60", "--adapt_lr", "1e-3", "--adapt_methods", "similar,keep_out",
                       "--data_cache", str(trained / "cache-be"), "--out", str(trained / "adapt")])
     avg = lambda r: sum(v["ppl"] for v in r.values()) / len(r)   # noqa: E731
@@ -146,9 +149,16 @@ def test_learned_routing_forgetting_bound(trained):
 def test_another_setting_gets_its_own_folder_or_is_refused(run):
     """--adapt from another checkpoint gets a folder of its own; other settings in the same folder are refused."""
     common = ["--preset", "tiny", "--adapt", "ja", "--data_cache", str(run / "cache-ja")]
-    train.main(common + ["--adapt_steps", "2", "--from", str(run / "dmoe.pt")])
-    train.main(common + ["--adapt_steps", "2", "--from", str(run / "dmoe_stage1.pt")])
+    A.main(common + ["--adapt_steps", "2", "--from", str(run / "dmoe.pt")])
+    A.main(common + ["--adapt_steps", "2", "--from", str(run / "dmoe_stage1.pt")])
     assert (run / "adapt-ja-from-dmoe" / "adapt.json").exists()
     assert (run / "adapt-ja-from-dmoe_stage1" / "adapt.json").exists()
     with pytest.raises(SystemExit, match="holds a run with adapt_steps=2"):
-        train.main(common + ["--adapt_steps", "3", "--from", str(run / "dmoe.pt")])
+        A.main(common + ["--adapt_steps", "3", "--from", str(run / "dmoe.pt")])
+
+
+def test_train_py_points_to_adapt_py():
+    """Adaptation is its own command: train.py names it in one line instead of adapting."""
+    with pytest.raises(SystemExit, match=r"python adapt.py --adapt be,sr --from out/dmoe.pt") as e:
+        train.main(["--adapt", "be", "--from", "out/dmoe.pt"])
+    assert "\n" not in str(e.value)

@@ -53,14 +53,25 @@ def test_upcycle_cli_refuses_bad_layers(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--device", "foo"], "--device 'foo'"),
     (["--max_windows", "0"], "--max_windows and --batch_size must be at least 1"),
-    (["--pictures", "FILE"], "is a file; give a folder"),
 ])
 def test_eval_cli_refuses_with_one_line(tmp_path, args, message):
     import eval as evaluate
+    with pytest.raises(SystemExit, match=message) as e:
+        evaluate.main([str(tmp_path), *args])
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "foo"], "--device 'foo'"),
+    (["--pictures", "FILE"], "is a file; give a folder"),
+    ([], "say what to report"),
+])
+def test_report_cli_refuses_with_one_line(tmp_path, args, message):
+    from analysis import report
     (tmp_path / "f.txt").write_text("x")
     args = [str(tmp_path / "f.txt") if a == "FILE" else a for a in args]
     with pytest.raises(SystemExit, match=message) as e:
-        evaluate.main([str(tmp_path), *args])
+        report.main([str(tmp_path), *args])
     assert "\n" not in str(e.value)
 
 

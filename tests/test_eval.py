@@ -1,4 +1,5 @@
-"""eval.py: metrics, forced routing, routing analysis, seed summaries and the CLI on tiny models and a fake corpus."""
+"""eval.py (metrics, forced routing, the CLI) and analysis/report.py (routing analysis, seed summaries, pictures)
+on tiny models and a fake corpus."""
 import json
 import math
 import os
@@ -12,7 +13,8 @@ import torch
 import torch.nn as nn
 
 import eval as E
-import plots
+from analysis import plots
+from analysis import report as R
 import model as M
 import upcycle as U
 
@@ -106,7 +108,7 @@ def test_forced_routing_equals_group_routing(data, tmp_path, monkeypatch):
 
 def test_routing_matrix_rows_sum_to_one(data):
     moe = tiny_moe()
-    rm = E.routing_matrix(moe, data, LANGS, lang_to_expert=LANG_TO_EXPERT, max_windows=4, batch_size=2)
+    rm = R.routing_matrix(moe, data, LANGS, lang_to_expert=LANG_TO_EXPERT, max_windows=4, batch_size=2)
     assert rm["layers"] == [0, 1]
     assert rm["matrix"].shape == (2, 3, 3)
     np.testing.assert_allclose(rm["matrix"].sum(-1), 1.0, atol=1e-6)
@@ -119,11 +121,11 @@ def test_routing_matrix_rows_sum_to_one(data):
     text = plots.routing_report(rm, LANG_TO_EXPERT)
     assert "layer 0" in text and "load" in text and "own" in text and "token-slots" in text
     # top_k = E: every token uses every expert, so the report shows first choices instead
-    two = E.routing_matrix(tiny_moe(n_experts=2), data, LANGS, max_windows=2)
+    two = R.routing_matrix(tiny_moe(n_experts=2), data, LANGS, max_windows=2)
     np.testing.assert_allclose(two["matrix"], 0.5)
     assert two["own_group_share"] is None and "first-choice" in plots.routing_report(two)
     with pytest.raises(ValueError):
-        E.routing_matrix(tiny_dense(), data, LANGS)
+        R.routing_matrix(tiny_dense(), data, LANGS)
 
 
 class UniformModel(nn.Module):
@@ -176,8 +178,8 @@ def test_dense_checkpoint_and_upcycled_moe_agree(data, tmp_path, monkeypatch, ca
     _save(tmp_path / "cpt" / "ckpt.pt", dense, None, "cpt")
     _save(tmp_path / "moe.pt", moe, LANG_TO_EXPERT, "dmoe")
     monkeypatch.setattr(E, "load_dataset", lambda path: data)
-    res = E.main([str(tmp_path), "--routing", "group", "--max_windows", "3", "--device", "cpu",
-                  "--routing_analysis", "--affinity"])
+    res = E.main([str(tmp_path), "--routing", "group", "--max_windows", "3", "--device", "cpu"])
+    R.main([str(tmp_path), "--routing", "--affinity", "--max_windows", "3", "--device", "cpu"])
     assert set(res) == {"cpt", "moe"}
     for lang in LANGS:
         assert res["moe"][lang]["loss"] == pytest.approx(res["cpt"][lang]["loss"], abs=1e-5)
@@ -190,8 +192,6 @@ def test_expert_affinity(data):
     moe = tiny_moe()
     aff = E.expert_affinity(moe, data, LANGS, max_windows=2)
     assert aff.shape == (3, 3) and np.isfinite(aff).all()
-    best = E.most_similar_expert(langs=LANGS, affinity=aff)
-    assert best == {l: int(np.argmin(aff[i])) for i, l in enumerate(LANGS)}
     assert "best" in plots.affinity_report(aff, LANGS, LANG_TO_EXPERT)
 
 
@@ -253,7 +253,7 @@ def test_seed_summary(tmp_path, capsys):
             r["forced_group"]["random"] = r["forced_group"]["dmoe"]   # not in every run: no row
         paths.append(str(tmp_path / f"r{i}.json"))
         json.dump(r, open(paths[-1], "w"))
-    E.main(paths)
+    R.main(paths)
     out = capsys.readouterr().out
     assert "11.00 ±  1.41" in out            # cpt: mean 11, sample std sqrt(2)
     assert "-7.50% ± 3.54" in out            # dmoe: -10% and -5%
@@ -278,7 +278,7 @@ def test_seed_summary_prints_group_agreement(tmp_path, capsys):
         c = 10.0 + i
         json.dump({"variants": {"cpt": {"aa": {"loss": math.log(c), "ppl": c, "bpb": 1.0}}}, "groups": g},
                   open(tmp_path / f"s{i}" / "results.json", "w"))
-    runs = E.main([str(tmp_path / f"s{i}") for i in range(3)])
+    runs = R.main([str(tmp_path / f"s{i}") for i in range(3)])
     assert len(runs) == 3
     out = capsys.readouterr().out
     assert "11.00 ±  1.00" in out and "adjusted Rand index" in out
@@ -314,7 +314,7 @@ def test_cli_one_line_errors(tmp_path):
 
 
 def test_cli_pictures_without_matplotlib(data, tmp_path, monkeypatch, capsys):
-    """--pictures goes through plots.write_pictures: without matplotlib every picture prints as text."""
+    """analysis/report.py --pictures goes through plots.write_pictures: without matplotlib every picture prints as text."""
     for name in ("matplotlib", "matplotlib.pyplot"):
         monkeypatch.setitem(sys.modules, name, None)
     _save(tmp_path / "dmoe.pt", tiny_moe(), LANG_TO_EXPERT, "dmoe")
@@ -323,7 +323,7 @@ def test_cli_pictures_without_matplotlib(data, tmp_path, monkeypatch, capsys):
     (tmp_path / "groups.json").write_text(json.dumps(
         {"langs": LANGS, "groups": [["aa"], ["cc"], ["bb"]], "similarity": np.eye(3).tolist()}))
     monkeypatch.setattr(E, "load_dataset", lambda path: data)
-    E.main([str(tmp_path), "--pictures", str(tmp_path / "pics"), "--max_windows", "2", "--device", "cpu"])
+    R.main([str(tmp_path), "--pictures", str(tmp_path / "pics"), "--max_windows", "2", "--device", "cpu"])
     out = capsys.readouterr().out
     assert "routing of dmoe, layer 0" in out and "language similarity" in out and "training curves" in out
     assert os.path.isdir(tmp_path / "pics") and not list((tmp_path / "pics").iterdir())

@@ -1,4 +1,4 @@
-"""plots.py: the text renderers, train.py's logs, and every picture as a PNG and as its text fallback."""
+"""analysis/plots.py: the text renderers, train.py's logs, and every picture as a PNG and as its text fallback."""
 import json
 import os
 import sys
@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-import plots as P
+from analysis import plots as P
 
 LANGS = ["aa", "bb", "cc"]
 LANG_TO_EXPERT = {"aa": 0, "bb": 2, "cc": 1}
