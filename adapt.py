@@ -26,7 +26,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import corpus
 import data
 import train
 from common import Env, save_json
@@ -233,7 +232,8 @@ def main(argv, extra_methods=None):
         raise SystemExit(f"error: {','.join(already)} already trained in {cfg['adapt_from']}; --adapt takes new "
                          f"languages (trained: {','.join(old_langs)})")
     try:
-        new_langs = corpus.resolve_langs(",".join(new_langs), cfg["data_dir"] or None)
+        from corpora.bundled import resolve_langs   # the prepare step's: which languages have text
+        new_langs = resolve_langs(",".join(new_langs), cfg["data_dir"] or None)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     run_dir = os.path.dirname(os.path.abspath(cfg["adapt_from"]))

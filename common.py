@@ -129,7 +129,7 @@ def check_device(name):
 
 
 def data_fingerprint(dataset):
-    """What decides the tokens of a data cache (data.py's meta.json); None for a wrapper without one."""
+    """What decides the tokens of a data cache (corpora/prepare.py's meta.json); None for a wrapper without one."""
     return getattr(dataset, "meta", {}).get("fingerprint")
 
 

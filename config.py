@@ -12,7 +12,6 @@ import math
 import os
 import sys
 
-import corpus
 from common import check_device, nearest_existing, save_json
 from tokenizer import MAX_VOCAB
 
@@ -136,7 +135,8 @@ def check_settings(cfg, known_variants, pipeline=True):
     repeated = sorted({l for l in spec if spec.count(l) > 1})
     need(not repeated, f"--langs names {','.join(repeated)} more than once")
     try:
-        lang_list = corpus.resolve_langs(cfg["langs"], cfg["data_dir"] or None, cache=cfg["data_cache"])
+        from corpora.bundled import resolve_langs   # the prepare step's: which languages have text
+        lang_list = resolve_langs(cfg["langs"], cfg["data_dir"] or None, cache=cfg["data_cache"])
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     n = len(lang_list)

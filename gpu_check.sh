@@ -6,7 +6,7 @@ out=${OUT:-gpu_check}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 py=${PYTHON:-$(command -v python3 || command -v python)}   # some CUDA images have python3 only
 # the bundled corpus needs the text packages (kolibri alone is 350 MB); on a node without them, copy a
-# prepared data_cache/18-v8192/ here first (python data.py --langs 18 elsewhere): it is reused as it is
+# prepared data_cache/18-v8192/ here first (python corpora/prepare.py --langs 18 elsewhere): it is reused as it is
 {
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"

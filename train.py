@@ -23,10 +23,8 @@ import time
 import torch
 from tqdm import tqdm
 
-import corpus
 import data
 import group
-from corpora import planted
 from common import Env, data_fingerprint, save_json, stale_data
 from config import RunDir, check_settings, parse_args
 from eval import compare_table, evaluate, summarize
@@ -38,7 +36,7 @@ from upcycle import upcycle, upcycle_adam
 # default settings: the `default` preset, sized for the bundled 18-language corpus on a 2-core CPU
 langs = "18"                 # "18", "128", an integer N, or a comma list like "ar,de,fr"
 out = "out"                  # run directory: checkpoints, logs, profile.json, groups.json, results.json
-data_dir = ""                # a user corpus (see data.py); empty = the bundled text
+data_dir = ""                # a user corpus (see corpora/bundled.py); empty = the bundled text
 data_cache = ""              # tokenized corpus; empty = data.default_cache(...)
 max_tokens_per_lang = 0      # read at most this many tokens of each language of --data_dir (0 = all)
 vocab_size = 8192            # compact vocabulary: 256 bytes + EOT + the most frequent o200k tokens
@@ -396,6 +394,7 @@ def main(argv):
         raise SystemExit("error: adding languages is its own command: python adapt.py --adapt be,sr --from out/dmoe.pt")
     cfg = parse_args(argv, DEFAULTS, PRESETS, ALIASES, __doc__)
     if cfg["data_dir"] == "planted":       # the synthetic world where the right groups are known, one per seed
+        from corpora import planted
         cfg["data_dir"] = planted.write(os.path.join("data_cache", f"planted-{cfg['seed']}"), cfg["seed"])
     cfg["data_cache"] = cfg["data_cache"] or default_data_cache(cfg)
     lang_list = check_settings(cfg, VARIANTS)   # every refusal happens here, before any work
@@ -475,11 +474,16 @@ def main(argv):
     return None
 
 
+# the 10 of the 18 languages that BLOOM's pretraining corpus has (its model card); the paper's base had
+# never seen the other 8 (de it ja ko nl ru th uk), and its continued training taught them
+BLOOM_LANGS = "ar bn fr hi id ta te ur vi zh".split()
+
+
 def resolve_base_langs(cfg, lang_list):
     """--base_langs -> the languages the dense base is pretrained on (one line for a bad list)."""
     spec = cfg["base_langs"].strip()
     if spec == "auto" and cfg["langs"] == "18" and not cfg["data_dir"]:   # the paper's 18: BLOOM's 10
-        return [l for l in lang_list if l in corpus.BLOOM_LANGS]
+        return [l for l in lang_list if l in BLOOM_LANGS]
     if spec in ("all", "auto"):
         return list(lang_list)
     chosen = [l.strip() for l in spec.split(",") if l.strip()]
@@ -520,8 +524,9 @@ def load_data(cfg, env, lang_list, cache=None, tokenizer=None):
     if tokenizer is None:
         refuse_another_runs_cache(cfg, cache, lang_list)
     try:
-        if env.master:
-            dataset = data.prepare(lang_list, cache, vocab_size=cfg["vocab_size"], data_dir=cfg["data_dir"] or None,
+        if env.master:   # the prepare step (corpora/prepare.py): text -> token files, once; then reused
+            from corpora.prepare import prepare
+            dataset = prepare(lang_list, cache, vocab_size=cfg["vocab_size"], data_dir=cfg["data_dir"] or None,
                                    seed=cfg["data_seed"], tokenizer=tokenizer,
                                    max_tokens_per_lang=cfg["max_tokens_per_lang"])
         env.barrier()
@@ -580,6 +585,16 @@ def profile(cfg, env, base, dataset, lang_list):
     return prof
 
 
+def true_groups(data_dir):
+    """A corpus folder may know its right groups (DIR/families.json, as the planted world writes it): the
+    list of language lists, or None."""
+    path = os.path.join(data_dir or "", "families.json")
+    if not data_dir or not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)["true_groups"]
+
+
 def report(cfg, env, dataset, lang_list, base_langs, names, grp, variants, t_start):
     """Evaluate every variant named (learned routing; MoE variants also forced to each language's group
     expert), print the table and write OUT/results.json. A rerun with a --variants subset updates those
@@ -597,7 +612,7 @@ def report(cfg, env, dataset, lang_list, base_langs, names, grp, variants, t_sta
                    profile_stability={"repeat_corr": grp.get("repeat_corr"), "repeat_ari": grp.get("repeat_ari")})
     new_langs = [l for l in lang_list if l not in base_langs]
     results.update(base_langs=base_langs, new_langs=new_langs)
-    truth = planted.true_groups(cfg["data_dir"])     # a planted world knows the right groups
+    truth = true_groups(cfg["data_dir"])     # a planted world knows the right groups
     if truth:
         results.update(true_groups=truth, true_groups_ari=group.adjusted_rand_index(grp["groups"], truth))
 

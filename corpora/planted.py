@@ -93,15 +93,6 @@ def write(out_dir, seed=0):
     return out_dir
 
 
-def true_groups(data_dir):
-    """The planted families of a corpus folder (its families.json), or None when the truth is not known."""
-    path = os.path.join(data_dir or "", "families.json")
-    if not data_dir or not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)["true_groups"]
-
-
 if __name__ == "__main__":
     import argparse
     p = argparse.ArgumentParser(description="Write the planted world as a --data_dir corpus.")

@@ -19,7 +19,7 @@ def no_text_packages(monkeypatch):
     """This process as on a machine without notofonttools, django and kolibri (and their versions)."""
     import importlib.metadata
 
-    import corpus
+    from corpora import bundled as corpus
 
     def missing(pkg):
         raise importlib.metadata.PackageNotFoundError(pkg)

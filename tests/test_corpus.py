@@ -1,4 +1,4 @@
-"""Tests for corpus.py: languages, bundled-text cleaning, and user corpora as downloaded (single files,
+"""Tests for corpora/bundled.py: languages, bundled-text cleaning, and user corpora as downloaded (single files,
 CulturaX parquet shards, MADLAD-400 .jsonl.gz shards), read and prepared (CPU, a few seconds)."""
 import gzip
 import json
@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import corpus  # noqa: E402
+from corpora import bundled as corpus  # noqa: E402
 import data  # noqa: E402
+from corpora import prepare as P  # noqa: E402
 import tokenizer  # noqa: E402
-from corpus import resolve_langs  # noqa: E402
-from data import prepare  # noqa: E402
+from corpora.bundled import resolve_langs  # noqa: E402
+from corpora.prepare import prepare  # noqa: E402
 
 
 # -----------------------------------------------------------------------------
@@ -271,7 +272,7 @@ def test_max_tokens_per_lang(tmp_path, monkeypatch):
         write_jsonl(d / "aa" / (f"aa_clean_{i:04d}.jsonl" + ".gz" * (i % 2)), part)  # .jsonl and .jsonl.gz
     (d / "aa" / "aa_clean_0001b.jsonl").write_text("{broken\n")  # read after 0001.jsonl.gz, if read at all
     write_jsonl(d / "bb.jsonl", docs["bb"])
-    monkeypatch.setattr(data, "CHUNK_BYTES", 4 << 10)  # bb.jsonl and the plain aa shards in many ranges
+    monkeypatch.setattr(P, "CHUNK_BYTES", 4 << 10)  # bb.jsonl and the plain aa shards in many ranges
     enc = tokenizer.o200k_encoding()
     cap = 4000
     expect = {}
@@ -385,7 +386,7 @@ def test_parquet_without_pyarrow(layouts, tmp_path, monkeypatch):
 
     def no_tokenizing(job):
         raise AssertionError("tokenized before the pyarrow check")
-    monkeypatch.setattr(data, "_tokenize_unit", no_tokenizing)
+    monkeypatch.setattr(P, "_tokenize_unit", no_tokenizing)
     with pytest.raises(ValueError) as e:
         prepare("aa,bb", str(tmp_path / "out"), vocab_size=320, data_dir=dirs["culturax"])
     msg = str(e.value)

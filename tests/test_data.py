@@ -1,4 +1,4 @@
-"""Tests for data.py: tokenizer, cache, splits, batches, user corpora prepared (CPU, a few seconds).
+"""Tests for corpora/prepare.py and data.py: tokenizer, cache, splits, batches, user corpora prepared (CPU, a few seconds).
 How the text is read and cleaned: tests/test_corpus.py."""
 import json
 import os
@@ -10,10 +10,12 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import corpus  # noqa: E402
+from corpora import bundled as corpus  # noqa: E402
 import data  # noqa: E402
-from corpus import resolve_langs  # noqa: E402
-from data import Dataset, prepare  # noqa: E402
+from corpora.bundled import resolve_langs  # noqa: E402
+from corpora import prepare as P  # noqa: E402
+from corpora.prepare import prepare  # noqa: E402
+from data import Dataset  # noqa: E402
 from tokenizer import Tokenizer, o200k_encoding  # noqa: E402
 
 LANGS = ["fr", "ja", "ta"]  # three scripts, small enough to prepare in about a second
@@ -141,7 +143,7 @@ def test_splits_disjoint_and_complete(built):
         for s in data.SPLITS:
             assert len(parts[s]) == st[s]["docs"] and len(ds.tokens(lang, s)) == st[s]["tokens"]
             assert sum(len(t.encode()) for t in parts[s]) == st[s]["bytes"]
-        assert len(parts["val"]) >= data.MIN_VAL_DOCS
+        assert len(parts["val"]) >= P.MIN_VAL_DOCS
         sets = {s: set(v) for s, v in parts.items()}
         assert not (sets["train"] & sets["val"]) and not (sets["train"] & sets["parallel"])
         assert not (sets["val"] & sets["parallel"])
@@ -270,7 +272,7 @@ def test_user_corpora(tmp_path):
     for lang, docs in (("aa", jdocs), ("bb", tdocs)):
         got = split_docs(ds, lang, "train") + split_docs(ds, lang, "val")
         assert sorted(got) == sorted(docs)
-        assert len(split_docs(ds, lang, "val")) >= data.MIN_VAL_DOCS
+        assert len(split_docs(ds, lang, "val")) >= P.MIN_VAL_DOCS
         assert len(ds.tokens(lang, "parallel")) == 0
         assert not set(split_docs(ds, lang, "train")) & set(split_docs(ds, lang, "val"))
     with pytest.raises(ValueError):
@@ -303,8 +305,8 @@ def test_parallel_prepare_is_identical(tmp_path, monkeypatch, capsys):
     d = tmp_path / "corpus"
     d.mkdir()
     docs = _write_corpus(d, 600_000)
-    monkeypatch.setattr(data, "CHUNK_BYTES", 64 << 10)  # ~10 ranges per plain file (the .gz is one)
-    assert len(data._units(["aa", "bb", "cc"], str(d))) > 15
+    monkeypatch.setattr(P, "CHUNK_BYTES", 64 << 10)  # ~10 ranges per plain file (the .gz is one)
+    assert len(P._units(["aa", "bb", "cc"], str(d))) > 15
     one = prepare("aa,bb,cc", str(tmp_path / "w1"), vocab_size=512, data_dir=str(d), workers=1)
     two = prepare("aa,bb,cc", str(tmp_path / "w2"), vocab_size=512, data_dir=str(d), workers=2)
     assert "with 2 worker processes" in capsys.readouterr().out
@@ -330,7 +332,7 @@ def test_parallel_prepare_error(tmp_path, monkeypatch):
     lines[300] = "{broken"
     (d / "aa.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (d / "bb.jsonl").write_text("\n".join(lines[:200]) + "\n", encoding="utf-8")
-    monkeypatch.setattr(data, "CHUNK_BYTES", 8 << 10)
+    monkeypatch.setattr(P, "CHUNK_BYTES", 8 << 10)
     with pytest.raises(ValueError, match=r"aa\.jsonl:301: not valid JSON"):
         prepare("aa,bb", str(tmp_path / "out"), vocab_size=320, data_dir=str(d), workers=2)
     assert os.listdir(tmp_path / "out") == []
@@ -382,5 +384,5 @@ def test_a_killed_prepare_leaves_no_scratch_behind(tmp_path):
     (out / f"scratch.{gone.pid}").mkdir(parents=True)
     (out / f"scratch.{gone.pid}" / "shard.0").write_bytes(b"x" * 100)
     (out / f"scratch.{os.getpid()}").mkdir()
-    data.remove_stale_scratch(str(out))
+    P.remove_stale_scratch(str(out))
     assert not (out / f"scratch.{gone.pid}").exists() and (out / f"scratch.{os.getpid()}").exists()

@@ -206,12 +206,12 @@ def test_compare_table_fits_terminal():
     assert "no baseline" in E.compare_table(res, baseline="nope")
 
 
-# -- a real (tiny) corpus through data.py and the command line ------------------------------------------
+# -- a real (tiny) corpus through the prepare step and the command line ------------------------------------------
 
 def test_real_corpus_cli(tmp_path, capsys):
-    import data as D
+    from corpora.prepare import prepare
     cache = str(tmp_path / "cache")
-    ds = D.prepare(["de", "ru"], cache, vocab_size=512)
+    ds = prepare(["de", "ru"], cache, vocab_size=512)
     capsys.readouterr()
     torch.manual_seed(0)
     dense = M.GPT(M.GPTConfig(vocab_size=ds.tokenizer.vocab_size, block_size=T, n_layer=1, n_head=2, n_embd=16))

