@@ -219,7 +219,8 @@ def main(argv, extra_methods=None):
     if not src["model_args"].get("moe_layers"):
         raise SystemExit(f"error: {cfg['adapt_from']} is a dense checkpoint; --from needs an MoE one (e.g. out/dmoe.pt)")
     lacking = [k for k in ("config", "langs", "vocab", "groups", "lang_to_expert") if not src.get(k)]
-    if lacking:
+    if lacking or src.get("stage") == "upcycled":
+        lacking = lacking or ["training"]
         raise SystemExit(f"error: {cfg['adapt_from']} has no {', '.join(lacking)} (an upcycle.py output is not "
                          f"trained yet); --from needs an MoE checkpoint that train.py finished, e.g. out/dmoe.pt")
     if not src.get("done"):

@@ -133,6 +133,22 @@ def data_fingerprint(dataset):
     return getattr(dataset, "meta", {}).get("fingerprint")
 
 
+def find_data_cache(ckpt, ckpt_path):
+    """The data cache a train.py checkpoint names (config["data_cache"], relative to where training ran:
+    tried as given, then next to the checkpoint and in its parent folders); None when it names none."""
+    dc = (ckpt.get("config") or {}).get("data_cache")
+    if not dc:
+        return None
+    if os.path.isabs(dc) or os.path.exists(dc):
+        return dc
+    d = os.path.dirname(os.path.abspath(ckpt_path))
+    for _ in range(3):
+        if os.path.exists(os.path.join(d, dc)):
+            return os.path.join(d, dc)
+        d = os.path.dirname(d)
+    return dc
+
+
 def stale_data(saved, dataset):
     """Why a checkpoint or profile.json (`saved`) was made from other tokens than `dataset`'s, or None:
     a run is only ever continued, or scored, on the tokens it was trained on."""

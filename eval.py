@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import check_device, default_device, stale_data
+from common import check_device, default_device, find_data_cache, stale_data
 from model import load_checkpoint, model_from_checkpoint
 from tokenizer import Tokenizer
 
@@ -309,23 +309,6 @@ def find_checkpoints(paths, stages=False):
     return named
 
 
-def _resolve_cache(ckpt, ckpt_path, override):
-    if override:
-        return override
-    dc = (ckpt.get("config") or {}).get("data_cache")
-    if not dc:
-        raise SystemExit(f"{ckpt_path}: no config['data_cache'] in the checkpoint; pass --data_cache DIR")
-    if os.path.isabs(dc) or os.path.exists(dc):
-        return dc
-    # relative to where training ran; try next to the checkpoint and its parents too
-    d = os.path.dirname(os.path.abspath(ckpt_path))
-    for _ in range(3):
-        if os.path.exists(os.path.join(d, dc)):
-            return os.path.join(d, dc)
-        d = os.path.dirname(d)
-    return dc
-
-
 def load_dataset(path):
     import data   # here: only the command line reads token files from disk
     return data.Dataset.load(path)
@@ -343,7 +326,9 @@ def each_checkpoint(paths, device, data_cache=None, langs=None, stages=False):
             print(f"skipping {path}: {e}")
             continue
         model = model_from_checkpoint(ckpt, device)
-        cache = _resolve_cache(ckpt, path, data_cache)
+        cache = data_cache or find_data_cache(ckpt, path)
+        if cache is None:
+            raise SystemExit(f"error: {path}: no config['data_cache'] in the checkpoint; pass --data_cache DIR")
         if cache not in datasets:
             try:
                 datasets[cache] = load_dataset(cache)

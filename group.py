@@ -12,8 +12,9 @@ Grouping rules (distance = 1 - cosine similarity):
   agglomerative hierarchical clustering with a group-size cap (the project's default)
   random        random groups of the same (balanced) sizes, the ablation baseline
 
-Usage:
-  python group.py profile.json --groups 6 --method agglomerative --eps 0.6 --out groups.json
+Usage (every setting not given is the run's, recorded in the profile: the groups train.py made):
+  python group.py profile.json --out groups.json
+  python group.py profile.json --out g3.json --groups 3 --method minmax      # the paper's 18-language rule
 """
 
 import argparse
@@ -27,6 +28,7 @@ import numpy as np
 from common import nearest_existing, normalized, save_json, text_bar, text_similarity
 
 METHODS = ("agglomerative", "minmax", "seed", "random")
+RUN_DEFAULTS = {"n_groups": 6, "group_method": "agglomerative", "eps": 0.6, "seed": 0}   # train.py's (a test checks)
 
 # -----------------------------------------------------------------------------
 # similarity
@@ -454,24 +456,33 @@ def read_profile(path):
 def main(argv=None):
     p = argparse.ArgumentParser(description="Group languages and select MoE layers from a profile.json")
     p.add_argument("profile", help="profile.json written by profile.py")
-    p.add_argument("--groups", type=int, default=6, help="number of groups k (= experts)")
-    p.add_argument("--method", default="agglomerative", choices=METHODS)
+    p.add_argument("--groups", type=int, default=None, help="number of groups k (= experts); default: the run's")
+    p.add_argument("--method", default=None, choices=METHODS, help="default: the run's")
     p.add_argument("--linkage", default="complete", choices=("complete", "average", "single"),
                    help="agglomerative linkage")
-    p.add_argument("--eps", type=float, default=0.6, help="layer threshold on normalised deviation")
-    p.add_argument("--seed", type=int, default=0, help="seed for --method random")
+    p.add_argument("--eps", type=float, default=None, help="layer threshold on normalised deviation; default: the run's")
+    p.add_argument("--seed", type=int, default=None, help="seed for --method random; default: the run's")
     p.add_argument("--out", default="groups.json")
     args = p.parse_args(argv)
     profile = read_profile(args.profile)
+    # every setting not given is the run's, recorded in the profile by train.py and profile.py (else the
+    # pipeline's defaults), so that `python group.py RUN/profile.json` gives RUN/groups.json
+    run = dict(RUN_DEFAULTS, **(profile.get("grouping") or {}))
+    k = run["n_groups"] if args.groups is None else args.groups
+    method = run["group_method"] if args.method is None else args.method
+    eps = run["eps"] if args.eps is None else args.eps
+    seed = run["seed"] if args.seed is None else args.seed
     n = len(profile["langs"])
-    if not 2 <= args.groups <= n:
-        raise SystemExit(f"error: --groups {args.groups}: choose 2..{n} (the profile has {n} languages)")
-    if not math.isfinite(args.eps):
-        raise SystemExit(f"error: --eps must be a number, got {args.eps}")
+    if not 2 <= k <= n:
+        raise SystemExit(f"error: --groups {k}: choose 2..{n} (the profile has {n} languages)")
+    if method not in METHODS:
+        raise SystemExit(f"error: {args.profile} asks for grouping {method!r}; pass --method (one of {', '.join(METHODS)})")
+    if not math.isfinite(eps):
+        raise SystemExit(f"error: --eps must be a number, got {eps}")
     parent = nearest_existing(os.path.dirname(os.path.abspath(args.out)))   # save_json makes the missing folders
     if os.path.isdir(args.out) or not (os.path.isdir(parent) and os.access(parent, os.W_OK)):
         raise SystemExit(f"error: --out {args.out} is a folder or cannot be written; give a file path")
-    g = make_groups(profile, args.groups, args.method, args.eps, args.seed, args.linkage)
+    g = make_groups(profile, k, method, eps, seed, args.linkage)
     print(report(g, profile))
     save_json(g, args.out)
     print(f"\nwrote {args.out}")

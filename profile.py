@@ -9,8 +9,9 @@ steps, and measure how far the weights moved, Δθ^x = θ^x - θ:
                    deviation vector; similarity(x, y) = cos(v^x, v^y)  (group.cosine_similarity)
 group.py turns this into MoE layers (from ffn_dev) and language groups (from the similarity).
 
-Usage:
-  python profile.py --ckpt out/base.pt --data_cache data_cache/18 --out profile.json --repeats 3
+Usage (every setting not given is the run's, read from the checkpoint: the profile train.py made):
+  python profile.py --ckpt out/base.pt --out profile.json
+  python profile.py --ckpt out/base.pt --out p_adam.json --method adam     # the paper's way
 """
 
 # -----------------------------------------------------------------------------
@@ -153,24 +154,25 @@ def _norm(deltas, names):
 # -----------------------------------------------------------------------------
 # all languages
 
-def profile_languages(model, data, langs, method="adam", steps=10, lr=1e-4, batch_size=16, block_size=None,
-                      last_layers=None, seed=0, device="cpu", repeats=3, windows=256, center=False,
-                      split="train", progress=True, rank=0, world=1):
+def profile_languages(model, data, langs, method="gradient", steps=10, lr=1e-4, batch_size=8, block_size=None,
+                      last_layers=None, seed=0, device="cpu", repeats=2, windows=32, center=False,
+                      split="parallel", progress=True, rank=0, world=1):
     """Profile every language in `langs` (docs/METHOD.md §2). `data` needs only
     get_batch(split, lang, batch_size, block_size, generator, device) -> (x, y), e.g. data.Dataset.
 
-    Defaults, scaled down from the paper (10 steps, lr 8e-6, batch 2048 x 512 tokens on BLOOM-560M):
-      steps=10       as the paper.
-      lr=1e-4        8e-6 was tuned for a 560M model and a million-token batch; a small model with a
-                     small, noisy batch is profiled at 1e-4 (the paper's MoE-stage lr, ~1/10 of a small
-                     GPT's pre-training peak) so that it moves measurably yet stays near the dense model.
-      batch_size=16  x block_size (default: the model's) tokens per step.
+    The defaults are the pipeline's (train.py; docs/METHOD.md §2 says why they depart from the paper):
+      method="gradient"  one step's gradient on fixed text (the deviation an lr-scaled SGD step makes);
+                     "adam" is the paper's: `steps` AdamW steps of fine-tuning on the language alone
+                     (the paper: 10 steps, lr 8e-6, batch 2048 x 512 tokens on BLOOM-560M).
+      windows=32, split="parallel"  gradient: 32 windows of block_size tokens spread over the language's
+                     held-out UDHR articles, the same content in every language (a corpus without
+                     parallel text: its training text).
+      repeats=2      gradient: the windows cut into 2 consecutive parts, one deviation each; adam:
+                     independent batch draws (seeds seed, seed+1, ...). ffn_dev/attn_dev = mean over
+                     repeats of the per-run norms, vectors = mean over repeats of the deltas; the
+                     per-repeat similarities are returned so group.py can check that the groups are stable.
+      lr=1e-4, steps=10, batch_size=8  the step size; adam's steps; sequences per step / forward pass.
       last_layers    None -> default_last_layers(n_layer) (the paper's last eighth, >= 1 layer).
-      repeats=3      independent batch draws (seeds seed, seed+1, ...). A small trial (docs/METHOD.md §2) found
-                     the grouping fragile with ~20k tokens per language, so deviations are averaged:
-                     ffn_dev/attn_dev = mean over repeats of the per-run norms (same scale as one run),
-                     vectors = mean over repeats of the deltas (noise averages out); the per-repeat
-                     similarities are returned so group.py can check that the groups are stable.
     Memory: two (n_langs, vector_dim) float32 arrays on the CPU, plus one model copy at a time.
     Distributed (torchrun): rank r profiles languages r, r + world, ... and the results are gathered, so
     every rank returns the same dict (torch.distributed must be initialised when world > 1).
@@ -296,19 +298,34 @@ def summary(prof):
         lines.append(f"  layer {l:3d}  ffn {D[l]:.3e} {text_bar(D[l], D.max()):<24s} attn {A[l]:.3e}")
     return "\n".join(lines)
 
+# the profile's settings: CLI flag -> (the run's setting in a train.py checkpoint's config, profile_languages' name)
+SETTINGS = {"method": ("profile_method", "method"), "steps": ("profile_steps", "steps"), "lr": ("profile_lr", "lr"),
+            "batch_size": ("profile_batch", "batch_size"), "repeats": ("profile_repeats", "repeats"),
+            "windows": ("profile_windows", "windows"), "split": ("profile_split", "split"),
+            "center": ("profile_center", "center"), "last_layers": ("last_layers", "last_layers"),
+            "block_size": ("block_size", "block_size"), "seed": ("seed", "seed")}
+GROUPING = ("n_groups", "group_method", "eps", "seed")   # the run's grouping settings, passed on to group.py
+
+
 def cli(argv=None):
-    p = argparse.ArgumentParser(description="Per-language parameter deviation profile of a dense checkpoint")
+    p = argparse.ArgumentParser(description="Per-language parameter deviation profile of a dense checkpoint. "
+                                "Every setting not given is the run's (from the checkpoint), so that "
+                                "`python profile.py --ckpt RUN/base.pt --out p.json` measures what train.py did.")
     p.add_argument("--ckpt", required=True, help="dense checkpoint (e.g. out/base.pt)")
-    p.add_argument("--data_cache", required=True, help="directory written by data.prepare")
+    p.add_argument("--data_cache", default=None, help="token files (default: the run's, from the checkpoint)")
     p.add_argument("--out", default="profile.json")
     p.add_argument("--langs", default="", help="comma-separated subset (default: the checkpoint's languages)")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--block_size", type=int, default=0, help="0 = the model's block size")
-    p.add_argument("--last_layers", type=int, default=0, help="0 = the paper's last eighth (>= 1 layer)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", default=None, choices=("gradient", "adam"))
+    p.add_argument("--steps", type=int, default=None, help="adam: fine-tuning steps per language")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--batch_size", type=int, default=None, help="sequences per step / per forward pass")
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--windows", type=int, default=None, help="gradient: windows per language")
+    p.add_argument("--split", default=None, choices=("parallel", "train"), help="gradient: the text it reads")
+    p.add_argument("--center", default=None, choices=("True", "False"), help="subtract the mean deviation")
+    p.add_argument("--block_size", type=int, default=None, help="default: the run's (or the model's)")
+    p.add_argument("--last_layers", type=int, default=None, help="0 = the paper's last eighth (>= 1 layer)")
+    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--vectors", default="", help="also save the deviation vectors to this .npy file")
     args = p.parse_args(argv)
@@ -316,38 +333,52 @@ def cli(argv=None):
     from data import Dataset  # imported here: the core function needs neither module
     from model import load_checkpoint, model_from_checkpoint
 
-    from common import check_device, stale_data
-    for k in ("steps", "batch_size", "repeats"):
-        if getattr(args, k) < 1:
-            raise SystemExit(f"error: --{k} must be at least 1, got {getattr(args, k)}")
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        raise SystemExit(f"error: --lr must be a positive number, got {args.lr}")
+    from common import check_device, data_fingerprint, find_data_cache, stale_data
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     check_device(device)
     try:
         ckpt = load_checkpoint(args.ckpt, device="cpu")
-        data = Dataset.load(args.data_cache)
-    except (RuntimeError, FileNotFoundError) as e:
+    except RuntimeError as e:
+        raise SystemExit(f"error: {e}")
+    run = ckpt.get("config") or {}          # the run's settings; a flag given overrides one
+    kw = {name: run[key] for flag, (key, name) in SETTINGS.items() if key in run}
+    kw.update({name: getattr(args, flag) for flag, (_, name) in SETTINGS.items() if getattr(args, flag) is not None})
+    if isinstance(kw.get("center"), str):
+        kw["center"] = kw["center"] == "True"
+    kw["last_layers"] = kw.get("last_layers") or None
+    for k in ("steps", "batch_size", "repeats", "windows"):
+        if kw.get(k, 1) < 1:
+            raise SystemExit(f"error: --{k} must be at least 1, got {kw[k]}")
+    if not (math.isfinite(kw.get("lr", 1.0)) and kw.get("lr", 1.0) > 0):
+        raise SystemExit(f"error: --lr must be a positive number, got {kw['lr']}")
+    cache = args.data_cache or find_data_cache(ckpt, args.ckpt)
+    if cache is None:
+        raise SystemExit(f"error: {args.ckpt} does not name its data cache; pass --data_cache DIR")
+    try:
+        data = Dataset.load(cache)
+    except FileNotFoundError as e:
         raise SystemExit(f"error: {e}")
     if ckpt["model_args"].get("moe_layers"):
         raise SystemExit(f"error: {args.ckpt} is an MoE checkpoint; the profile measures a dense one (out/base.pt)")
     if stale_data(ckpt, data):
-        raise SystemExit(f"error: {args.ckpt} was trained with another vocabulary than {args.data_cache} holds; "
+        raise SystemExit(f"error: {args.ckpt} was trained with another vocabulary than {cache} holds; "
                          f"pass the --data_cache it was trained on")
-    if not 2 <= (args.block_size or ckpt["model_args"]["block_size"]) <= ckpt["model_args"]["block_size"]:
-        raise SystemExit(f"error: --block_size {args.block_size}: choose 2..{ckpt['model_args']['block_size']} "
-                         f"(the model's), or 0 for the model's")
+    if not 2 <= (kw.get("block_size") or ckpt["model_args"]["block_size"]) <= ckpt["model_args"]["block_size"]:
+        raise SystemExit(f"error: --block_size {kw['block_size']}: choose 2..{ckpt['model_args']['block_size']} "
+                         f"(the model's)")
+    if kw.get("method", "gradient") == "gradient" and kw.get("windows", 32) < kw.get("repeats", 2):
+        raise SystemExit("error: --windows must be at least --repeats (every part needs a window)")
     langs = [l for l in args.langs.split(",") if l] or ckpt.get("langs") or data.langs
     unknown = [l for l in langs if l not in data.langs]
     if unknown:
-        raise SystemExit(f"error: --langs {','.join(unknown)}: not in {args.data_cache} (it has {','.join(data.langs)})")
+        raise SystemExit(f"error: --langs {','.join(unknown)}: not in {cache} (it has {','.join(data.langs)})")
     model = model_from_checkpoint(ckpt, device)
-    prof = profile_languages(model, data, langs, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                             block_size=args.block_size or None, last_layers=args.last_layers or None,
-                             seed=args.seed, device=device, repeats=args.repeats)
+    prof = profile_languages(model, data, langs, device=device, **kw)
     vectors = prof.pop("vectors")
+    prof["data_fingerprint"] = data_fingerprint(data)
+    prof["grouping"] = {k: run[k] for k in GROUPING if k in run}
     print(summary(prof))
     save_json(prof, args.out)
     print(f"wrote {args.out}")

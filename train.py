@@ -29,7 +29,7 @@ from common import Env, data_fingerprint, save_json, stale_data
 from config import RunDir, check_settings, parse_args
 from eval import compare_table, evaluate, summarize
 from model import GPT, GPTConfig, adam_by_name, load_adam_by_name, load_checkpoint, model_from_checkpoint, save_checkpoint
-from profile import profile_languages
+from profile import GROUPING, profile_languages
 from upcycle import upcycle, upcycle_adam
 
 # ----------------------------------------------------------------------------------------------------
@@ -580,6 +580,7 @@ def profile(cfg, env, base, dataset, lang_list):
         raise SystemExit(f"error: [profile] {e}; lower --profile_lr")
     prof.pop("vectors")
     prof["data_fingerprint"] = data_fingerprint(dataset)
+    prof["grouping"] = {k: cfg[k] for k in GROUPING}   # what `python group.py profile.json` groups with
     if env.master:
         save_json(prof, path)
     return prof

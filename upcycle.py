@@ -9,10 +9,12 @@ upcycle(dense, layers, n_experts)  a new GPT whose FFN in each chosen layer is a
                                    renormalised), the upcycled model computes exactly what the dense one did.
 add_expert(model, src)             append a copy of expert `src` (and its router row) in every MoE layer.
 
-CLI:  python upcycle.py DENSE_CKPT --layers 0,3 --experts 6 --out MOE_CKPT
+CLI:  python upcycle.py RUN/base.pt --groups RUN/groups.json --out MOE_CKPT    # what train.py's dmoe starts from
+      python upcycle.py DENSE_CKPT --layers 0,3 --experts 6 --out MOE_CKPT
 """
 
 import argparse
+import json
 from dataclasses import asdict, replace
 
 import torch
@@ -117,12 +119,15 @@ def upcycle_checkpoint(dense_ckpt, layers, n_experts, top_k=2, seed=0):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Upcycle a dense nanoDMoE checkpoint into an MoE checkpoint.")
+    ap = argparse.ArgumentParser(description="Upcycle a dense nanoDMoE checkpoint into an MoE checkpoint. "
+                                 "With --groups RUN/groups.json and nothing else, the MoE model train.py's "
+                                 "dmoe starts from (its layers, one expert per group, the run's top_k and seed).")
     ap.add_argument("dense_ckpt", help="path of the dense checkpoint")
-    ap.add_argument("--layers", required=True, help="comma-separated block indices to upcycle, or 'all'")
-    ap.add_argument("--experts", type=int, required=True, help="experts per MoE layer (one per group)")
-    ap.add_argument("--top_k", type=int, default=2, help="experts per token under learned routing")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the new routers' init")
+    ap.add_argument("--groups", default=None, help="groups.json (group.py): its MoE layers and groups")
+    ap.add_argument("--layers", default=None, help="comma-separated block indices to upcycle, or 'all'")
+    ap.add_argument("--experts", type=int, default=None, help="experts per MoE layer (one per group)")
+    ap.add_argument("--top_k", type=int, default=None, help="experts per token under learned routing (default: the run's, else 2)")
+    ap.add_argument("--seed", type=int, default=None, help="seed of the new routers' init (default: the run's, else 0)")
     ap.add_argument("--out", required=True, help="where to write the MoE checkpoint")
     args = ap.parse_args(argv)
     try:
@@ -130,19 +135,36 @@ def main(argv=None):
     except RuntimeError as e:
         raise SystemExit(f"upcycle.py: {e}")
     n_layer = dense_ckpt["model_args"]["n_layer"]
+    grp = {}
+    if args.groups:
+        try:
+            with open(args.groups) as f:
+                grp = json.load(f)
+            grp["moe_layers"], grp["groups"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"upcycle.py: --groups {args.groups} is not a groups.json that group.py wrote ({e})")
+    if args.layers is None and not grp or args.experts is None and not grp:
+        raise SystemExit("upcycle.py: give --groups groups.json, or both --layers and --experts")
     try:
-        layers = list(range(n_layer)) if args.layers == "all" else [int(s) for s in args.layers.split(",") if s]
+        layers = (grp["moe_layers"] if args.layers is None else list(range(n_layer)) if args.layers == "all"
+                  else [int(s) for s in args.layers.split(",") if s])
     except ValueError:
         raise SystemExit(f"upcycle.py: --layers {args.layers!r}: give block indices like 0,3 (of 0..{n_layer - 1}) or 'all'")
+    experts = len(grp["groups"]) if args.experts is None else args.experts
+    run = dense_ckpt.get("config") or {}
+    top_k = run.get("top_k", 2) if args.top_k is None else args.top_k
+    seed = run.get("seed", 0) if args.seed is None else args.seed
     try:
-        ckpt = upcycle_checkpoint(dense_ckpt, layers, args.experts, top_k=args.top_k, seed=args.seed)
+        ckpt = upcycle_checkpoint(dense_ckpt, layers, experts, top_k=top_k, seed=seed)
     except ValueError as e:
         ap.error(str(e))
+    if grp and experts == len(grp["groups"]):   # the groups travel with it (group routing, eval, adapt)
+        ckpt.update(groups=grp["groups"], lang_to_expert={l: e for e, g in enumerate(grp["groups"]) for l in g})
     save_checkpoint(args.out, ckpt)
     n_dense = sum(v.numel() for k, v in dense_ckpt["model"].items() if k != "lm_head.weight")
     n_moe = sum(v.numel() for k, v in ckpt["model"].items() if k != "lm_head.weight")
-    print(f"upcycled {args.dense_ckpt} -> {args.out}: layers {layers}, {args.experts} experts, "
-          f"top_k {args.top_k}; params {n_dense:,} -> {n_moe:,}")
+    print(f"upcycled {args.dense_ckpt} -> {args.out}: layers {layers}, {experts} experts, "
+          f"top_k {top_k}; params {n_dense:,} -> {n_moe:,}")
 
 
 if __name__ == "__main__":

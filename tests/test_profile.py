@@ -16,7 +16,7 @@ from model import GPT, GPTConfig, save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = dict(vocab_size=64, block_size=16, n_layer=4, n_head=2, n_embd=16, dropout=0.0)
-QUICK = dict(steps=3, lr=1e-3, batch_size=4, block_size=16, progress=False)
+QUICK = dict(method="adam", steps=3, lr=1e-3, batch_size=4, block_size=16, progress=False)
 
 
 class FakeData:
@@ -143,7 +143,7 @@ def test_cli(tmp_path, model, data, monkeypatch, capsys):
     fake.Dataset = types.SimpleNamespace(load=lambda d: data)
     monkeypatch.setitem(sys.modules, "data", fake)
     out = tmp_path / "profile.json"
-    P.cli(["--ckpt", str(ckpt), "--data_cache", "unused", "--out", str(out), "--steps", "2",
+    P.cli(["--ckpt", str(ckpt), "--data_cache", "unused", "--out", str(out), "--method", "adam", "--steps", "2",
            "--batch_size", "2", "--repeats", "1", "--device", "cpu", "--vectors", str(tmp_path / "v.npy")])
     prof = json.loads(out.read_text())
     assert prof["langs"] == ["a", "c"] and len(prof["ffn_dev"]["a"]) == 4 and "vectors" not in prof

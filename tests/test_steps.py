@@ -1,0 +1,58 @@
+"""The step commands (profile.py, group.py, upcycle.py) given nothing but a run's files reproduce what the
+pipeline did: one set of defaults, read from the run. An explicit flag still overrides."""
+import inspect
+import json
+
+import pytest
+import torch
+
+import group
+import profile
+import train
+import upcycle
+from model import load_checkpoint, model_from_checkpoint
+
+
+def test_the_step_defaults_are_the_pipelines():
+    sig = inspect.signature(profile.profile_languages).parameters
+    for flag, (key, name) in profile.SETTINGS.items():
+        if key in ("block_size", "seed", "last_layers"):   # the model's / the run's, not a profile default
+            continue
+        assert sig[name].default == train.DEFAULTS[key], (name, sig[name].default, train.DEFAULTS[key])
+    assert group.RUN_DEFAULTS == {k: train.DEFAULTS[k] for k in group.RUN_DEFAULTS}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("steps")
+    train.main(["--preset", "tiny", "--langs", "de,nl,ru,uk", "--n_groups", "2", "--vocab_size", "512",
+                "--variants", "cpt", "--stage1_steps", "1", "--stage2_steps", "1", "--seed", "3",
+                "--out", str(root / "run"), "--data_cache", str(root / "cache")])
+    return root
+
+
+def test_profile_then_group_then_upcycle_give_the_runs_own(run, capsys):
+    rd = run / "run"
+    prof = profile.cli(["--ckpt", str(rd / "base.pt"), "--out", str(run / "p.json"), "--device", "cpu"])
+    mine = json.load(open(rd / "profile.json"))
+    for k in ("langs", "similarity", "ffn_dev", "similarity_repeats", "vector_layers", "data_fingerprint", "grouping"):
+        assert prof[k] == mine[k], k
+    g = group.main([str(run / "p.json"), "--out", str(run / "g.json")])
+    theirs = json.load(open(rd / "groups.json"))
+    assert g["groups"] == theirs["groups"] and g["moe_layers"] == theirs["moe_layers"] and g["seed"] == 3
+    upcycle.main([str(rd / "base.pt"), "--groups", str(run / "g.json"), "--out", str(run / "moe.pt")])
+    moe = load_checkpoint(str(run / "moe.pt"))
+    cfg = json.load(open(rd / "config.json"))
+    expected = upcycle.upcycle(model_from_checkpoint(load_checkpoint(str(rd / "base.pt"))), theirs["moe_layers"],
+                               len(theirs["groups"]), top_k=cfg["top_k"], seed=cfg["seed"])
+    assert moe["model"].keys() == expected.state_dict().keys()
+    assert all(torch.equal(v, expected.state_dict()[k]) for k, v in moe["model"].items())
+    assert moe["lang_to_expert"] == theirs["lang_to_expert"] and moe["groups"] == theirs["groups"]
+
+    # an explicit flag overrides the run's setting
+    other = profile.cli(["--ckpt", str(rd / "base.pt"), "--out", str(run / "p2.json"), "--device", "cpu",
+                         "--windows", "8"])
+    assert other["config"]["windows"] == 8 and other["similarity"] != mine["similarity"]
+    g2 = group.main([str(run / "p.json"), "--out", str(run / "g2.json"), "--groups", "3", "--eps", "0"])
+    assert len(g2["groups"]) == 3 and g2["moe_layers"] == [0, 1]
+    capsys.readouterr()
