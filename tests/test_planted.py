@@ -32,7 +32,7 @@ def test_the_method_on_the_planted_world(tmp_path):
     2. stage 1 makes each expert its group's: every language forced to its own group's expert is at least
        5% better (perplexity) than forced to another group's. This fails when stage 1 routes by a wrong
        language -> expert map, or when group routing ignores its expert ids (every expert then the same).
-    (dmoe against cpt and random groups is not asserted: on this world they are within 0.5%; README.)"""
+    (dmoe against cpt and random groups is not asserted: on this world they are within 0.5%; README, docs/EXPERIMENTS.md §4.)"""
     data_dir = planted.write(str(tmp_path / "world"), seed=0)
     res = train.main(["--preset", "planted", "--data_dir", data_dir, "--data_cache", str(tmp_path / "cache"),
                       "--out", str(tmp_path / "out"), "--variants", "dmoe", "--stage1_steps", "100",
