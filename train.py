@@ -527,8 +527,8 @@ def load_data(cfg, env, lang_list, cache=None, tokenizer=None):
         if env.master:   # the prepare step (corpora/prepare.py): text -> token files, once; then reused
             from corpora.prepare import prepare
             dataset = prepare(lang_list, cache, vocab_size=cfg["vocab_size"], data_dir=cfg["data_dir"] or None,
-                                   seed=cfg["data_seed"], tokenizer=tokenizer,
-                                   max_tokens_per_lang=cfg["max_tokens_per_lang"])
+                              seed=cfg["data_seed"], tokenizer=tokenizer, max_tokens_per_lang=cfg["max_tokens_per_lang"],
+                              keep=trained_on(cfg["out"]))
         env.barrier()
         if not env.master:
             dataset = data.Dataset.load(cache)
@@ -537,6 +537,20 @@ def load_data(cfg, env, lang_list, cache=None, tokenizer=None):
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}")
     return dataset
+
+
+def trained_on(out):
+    """(file, data fingerprint) of what this run folder already trained on (its profile or base), or None:
+    the prepare step then keeps those tokens rather than rebuild the cache under the run."""
+    for name, read in (("profile.json", lambda p: json.load(open(p))), ("base.pt", load_checkpoint)):
+        path = os.path.join(out, name)
+        try:
+            saved = read(path) if os.path.exists(path) else None
+        except (OSError, ValueError, RuntimeError):
+            continue
+        if isinstance(saved, dict) and saved.get("data_fingerprint"):
+            return path, saved["data_fingerprint"]
+    return None
 
 
 def copy_of(model):

@@ -302,7 +302,7 @@ def remove_stale_scratch(out_dir):
 
 
 def prepare(langs, out_dir, vocab_size=8192, data_dir=None, seed=0, min_tokens=1024, force=False, workers=None,
-            tokenizer=None, max_tokens_per_lang=0):
+            tokenizer=None, max_tokens_per_lang=0, keep=None):
     """Build (or reuse, when out_dir/meta.json has the same fingerprint) the tokenized corpus.
     langs: a corpora.bundled.resolve_langs() spec or a list of codes. min_tokens: the val split of each language
     is grown (in hash order, up to a quarter of the documents) until it holds at least this many o200k
@@ -311,8 +311,9 @@ def prepare(langs, out_dir, vocab_size=8192, data_dir=None, seed=0, min_tokens=1
     The output does not depend on the number of workers. tokenizer: encode with this existing
     vocabulary instead of building one (new-language adaptation keeps the model's vocabulary).
     max_tokens_per_lang: read each language only until this many o200k tokens (whole documents, in
-    reading order; 0 = all): a slice of a huge download. Returns the Dataset; prints a per-language
-    table of bytes and tokens."""
+    reading order; 0 = all): a slice of a huge download. keep: (what, fingerprint) of something trained on
+    this cache; a cache holding those tokens is then never rebuilt (a ValueError says what changed).
+    Returns the Dataset; prints a per-language table of bytes and tokens."""
     t0 = time.time()
     langs = corpus.resolve_langs(langs, data_dir, cache=out_dir)
     if tokenizer is not None:
@@ -338,6 +339,10 @@ def prepare(langs, out_dir, vocab_size=8192, data_dir=None, seed=0, min_tokens=1
             print(f"data: reusing {out_dir} (fingerprint {fingerprint})")
             print_table(old)
             return Dataset(out_dir, old)
+        if keep is not None and old.get("fingerprint") == keep[1]:   # rebuilding would lose a run's tokens
+            raise ValueError(f"{out_dir} holds the tokens {keep[0]} was trained on (data fingerprint {keep[1]}), "
+                             f"and its text or settings changed since (now {fingerprint}); restore the corpus, or "
+                             f"pass another --out and --data_cache to train on the new text")
         if data_dir is None and not corpus.bundled_installed() and bins_ok and old.get("args") == args:
             # same settings, but the text it was built from is not here to check or rebuild: use it
             print(f"data: reusing {out_dir}, prepared from {old['source_signature'].get('packages')} "

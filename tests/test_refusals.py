@@ -155,8 +155,10 @@ def test_ctrl_c_is_one_line_that_says_how_to_resume(tmp_path, cache):
 
 
 def test_a_changed_corpus_is_not_trained_over(tmp_path):
-    """Every stage records the fingerprint of its tokens: after the corpus changes, the finished stages are
-    not "done already", and the run is refused with one line instead of scoring them on other tokens."""
+    """Every stage records the fingerprint of its tokens. After the corpus changes, the run is refused with
+    one line before its cache is touched (the tokens its checkpoints were trained on are kept), a run
+    folder whose stages were trained on other tokens is refused, and eval.py scores no checkpoint on a
+    cache of other tokens."""
     from corpora import planted
     world = planted.write(str(tmp_path / "world"), seed=0)
     args = ["--preset", "planted", "--data_dir", world, "--data_cache", str(tmp_path / "cache"),
@@ -164,13 +166,22 @@ def test_a_changed_corpus_is_not_trained_over(tmp_path):
             "--stage1_steps", "2", "--stage2_steps", "2", "--eval_windows", "1"]
     first = train.main(args)
     assert first["data_fingerprint"] and load_checkpoint(str(tmp_path / "run" / "cpt.pt"))["data_fingerprint"] == first["data_fingerprint"]
+    meta = (tmp_path / "cache" / "meta.json").read_text()
     with open(os.path.join(world, "l0.jsonl"), "a") as f:
         f.write(json.dumps({"text": ". red the of and to in is that for"}) + "\n")
+    with pytest.raises(SystemExit, match="holds the tokens .*profile.json was trained on .*restore the corpus") as e:
+        train.main(args)
+    assert "\n" not in str(e.value)
+    assert (tmp_path / "cache" / "meta.json").read_text() == meta          # the run's tokens are still there
+    import eval as evaluate
+    assert evaluate.main([str(tmp_path / "run" / "cpt.pt"), "--max_windows", "1"])["cpt"]   # it still scores
+    # the cache rebuilt by hand from the new text: the finished stages are not "done" on it
+    from corpora.prepare import prepare
+    prepare(first["langs"], str(tmp_path / "cache"), vocab_size=320, data_dir=world, force=True)
     with pytest.raises(SystemExit, match="base.pt was made from other tokens") as e:
         train.main(args)
     assert "\n" not in str(e.value)
-    import eval as evaluate   # nor does eval.py score it on the rebuilt cache
-    with pytest.raises(SystemExit, match="was trained on other tokens than") as e:
+    with pytest.raises(SystemExit, match="was trained on other tokens than") as e:   # nor does eval.py score it
         evaluate.main([str(tmp_path / "run" / "cpt.pt"), "--data_cache", str(tmp_path / "cache")])
     assert "\n" not in str(e.value)
 
