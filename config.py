@@ -4,6 +4,7 @@ Settings from the command line, checked before any work, and the run directory t
     parse_args      --key value / --key=value over train.py's module-level defaults and its presets
     check_settings  every setting that could only fail later (or silently train nonsense), one line each
     RunDir          OUT/: a lock (one run at a time) and config.json (one set of settings per folder)
+    and the checks of a run folder and its data cache that train.py makes before any work.
 """
 import ast
 import fcntl
@@ -12,7 +13,9 @@ import math
 import os
 import sys
 
+import data
 from common import check_device, nearest_existing, save_json
+from model import load_checkpoint
 from tokenizer import MAX_VOCAB
 
 GROUP_METHODS = ("agglomerative", "minmax", "seed")
@@ -196,3 +199,78 @@ class RunDir:
 
     def write_config(self):
         save_json({k: self.cfg[k] for k in self.keys}, os.path.join(self.path, "config.json"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# train.py's checks of what it is given: base languages, data cache, run folder
+
+# the 10 of the 18 languages that BLOOM's pretraining corpus has (its model card); the paper's base had
+# never seen the other 8 (de it ja ko nl ru th uk), and its continued training taught them
+BLOOM_LANGS = "ar bn fr hi id ta te ur vi zh".split()
+
+
+def resolve_base_langs(cfg, lang_list):
+    """--base_langs -> the languages the dense base is pretrained on (one line for a bad list)."""
+    spec = cfg["base_langs"].strip()
+    if spec == "auto" and cfg["langs"] == "18" and not cfg["data_dir"]:   # the paper's 18: BLOOM's 10
+        return [l for l in lang_list if l in BLOOM_LANGS]
+    if spec in ("all", "auto"):
+        return list(lang_list)
+    chosen = [l.strip() for l in spec.split(",") if l.strip()]
+    unknown = [l for l in chosen if l not in lang_list]
+    if not chosen or unknown or len(set(chosen)) < len(chosen):
+        raise SystemExit(f"error: --base_langs {spec!r} must be auto, all, or distinct languages of this run's "
+                         f"--langs ({','.join(lang_list)})" + (f"; not in it: {','.join(unknown)}" if unknown else ""))
+    return [l for l in lang_list if l in chosen]   # in the run's order
+
+
+def default_data_cache(cfg):
+    """data_cache/<langs>-v<vocab>...: named by what decides the tokens (not --seed: seeds share a test set)."""
+    return data.default_cache(cfg["langs"], cfg["vocab_size"], cfg["data_seed"], cfg["data_dir"] or None,
+                              cfg["max_tokens_per_lang"])
+
+
+def refuse_another_runs_cache(cfg, cache, lang_list):
+    """A --data_cache prepared with other languages, vocabulary size, corpus folder or data seed belongs to
+    another run: refuse it, rather than rebuild it in place under that run's checkpoints."""
+    try:
+        with open(os.path.join(cache, "meta.json"), encoding="utf-8") as f:
+            had = json.load(f).get("args") or {}
+    except (OSError, ValueError, AttributeError):
+        return   # no cache yet (or an unreadable one, which data.prepare rebuilds)
+    asked = {"langs": lang_list, "vocab_size": cfg["vocab_size"], "seed": cfg["data_seed"],
+             "data_dir": os.path.abspath(cfg["data_dir"]) if cfg["data_dir"] else None,
+             "max_tokens_per_lang": cfg["max_tokens_per_lang"]}
+    differ = [k for k in asked if k in had and had[k] != asked[k]]
+    if differ:
+        was = "; ".join(f"{k} {','.join(had[k]) if k == 'langs' else had[k]}" for k in differ)
+        raise SystemExit(f"error: --data_cache {cache} holds another run's tokens ({was}); pass another "
+                         f"--data_cache, or leave it out (the default one is named by these settings)")
+
+
+def trained_on(out):
+    """(file, data fingerprint) of what this run folder already trained on (its profile or base), or None:
+    the prepare step then keeps those tokens rather than rebuild the cache under the run."""
+    for name, read in (("profile.json", lambda p: json.load(open(p))), ("base.pt", load_checkpoint)):
+        path = os.path.join(out, name)
+        try:
+            saved = read(path) if os.path.exists(path) else None
+        except (OSError, ValueError, RuntimeError):
+            continue
+        if isinstance(saved, dict) and saved.get("data_fingerprint"):
+            return path, saved["data_fingerprint"]
+    return None
+
+
+def check_profile_langs(cfg, lang_list):
+    """Before any work: a profile.json left in --out by another language set is refused, not reused."""
+    path = os.path.join(cfg["out"], "profile.json")
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                langs = json.load(f)["langs"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise SystemExit(f"error: {path} is not a readable profile; delete it to profile again")
+        if langs != lang_list:
+            raise SystemExit(f"error: {path} profiles {','.join(langs)}, not this run's {','.join(lang_list)}; "
+                             f"pass another --out, or delete it to profile again")
