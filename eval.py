@@ -369,6 +369,14 @@ def sample(args):
         print(f"--- {variant} ({path})\n{tok.decode(out[0].tolist())}")
 
 
+def check_cli(args):
+    """The checks this CLI and analysis/report.py share, one line each, before anything is loaded."""
+    check_device(args.device)
+    if args.max_windows < 1 or args.batch_size < 1:
+        raise SystemExit(f"error: --max_windows and --batch_size must be at least 1, got {args.max_windows} "
+                         f"and {args.batch_size}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Per-language loss/ppl/bits-per-byte of nanoDMoE checkpoints "
                                 "(routing analysis, pictures and seed summaries: analysis/report.py).")
@@ -389,10 +397,7 @@ def main(argv=None):
     p.add_argument("--sample_lang", default=None, help="route the sample to this language's expert (group routing)")
     p.add_argument("--device", default=default_device())
     args = p.parse_args(argv)
-    check_device(args.device)
-    if args.max_windows < 1 or args.batch_size < 1:
-        raise SystemExit(f"error: --max_windows and --batch_size must be at least 1, got {args.max_windows} "
-                         f"and {args.batch_size}")
+    check_cli(args)
     if args.sample is not None:
         if not args.sample:
             raise SystemExit("error: --sample needs a non-empty prompt")

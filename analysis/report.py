@@ -22,8 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import group  # noqa: E402
 from analysis import plots  # noqa: E402
-from common import check_device, default_device  # noqa: E402
-from eval import _autocast as autocast, each_checkpoint, expert_affinity, load_results, summarize  # noqa: E402
+from common import default_device  # noqa: E402
+from eval import _autocast as autocast, check_cli, each_checkpoint, expert_affinity, load_results, summarize  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # where the learned router sends each language
@@ -166,10 +166,7 @@ def main(argv=None):
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--device", default=default_device())
     args = p.parse_args(argv)
-    check_device(args.device)
-    if args.max_windows < 1 or args.batch_size < 1:
-        raise SystemExit(f"error: --max_windows and --batch_size must be at least 1, got {args.max_windows} "
-                         f"and {args.batch_size}")
+    check_cli(args)
     if args.pictures and os.path.exists(args.pictures) and not os.path.isdir(args.pictures):
         raise SystemExit(f"error: --pictures {args.pictures} is a file; give a folder to write the pictures to")
     is_results = lambda q: q.endswith(".json") or os.path.isfile(os.path.join(q, "results.json"))
