@@ -4,39 +4,58 @@ The planted world: a synthetic multilingual corpus in which the right groups are
     python corpora/planted.py --out data_cache/planted-0      # what train.py --preset planted reads
 
 What it assumes, and so what the method should find in it:
-- Every language uses the same WORDS (each one o200k token).
+- Every language uses the same N_WORDS words (each one o200k token: the most frequent lowercase words).
 - A *family* is a first-order Markov chain: after each word comes one of SUCCESSORS words that the
   family drew at random, with fixed probabilities. Two families almost never agree on what follows a
   word, so a dense model that serves them all has to keep their tables apart in the same weights:
-  interference, by construction.
+  interference, by construction. The tables are large for the preset's model (512 rows against an FFN
+  of 128 hidden units at d = 32): one family's table is about what one FFN can hold, so the capacity an
+  expert adds is what the families compete for, and an expert shared by three families holds less of
+  each than an expert of one family.
 - Every sentence of a language starts with its own MARKER word, as a script or a spelling marks a real
   language: the context says which language it is, but not which family; only the tables say that.
 - A *language* is its family's chain with a share DRIFT of the rows redrawn for that language alone:
   languages of a family are close, but none is a copy of another.
-- The languages' names (l0 .. l8) are shuffled over the families, so that nothing but the text says
+- The languages' names (l0 .. l11) are shuffled over the families, so that nothing but the text says
   which language belongs where. families.json records the truth; train.py reads it as `true_groups`.
-Everything is drawn from one numpy generator seeded with `seed`: the same seed writes the same bytes.
+Everything is drawn from numpy generators seeded with `seed`: the same seed writes the same bytes.
+Why these constants, and the worlds that did not work: docs/EXPERIMENTS.md §4.
 """
+import functools
 import json
 import os
 import sys
 
 import numpy as np
 
-WORDS = ("the of and to in is that for it as was with be by on not he this are or his from at which but "
-         "have an had they you were their one all we can her has there been if more when will would").split()
-FAMILIES, PER_FAMILY = 3, 3     # 9 languages in 3 families
-SUCCESSORS = (0.4, 0.3, 0.2, 0.1)  # the probabilities of a row's successors
+N_WORDS = 512                   # the shared word list
+FAMILIES, PER_FAMILY = 4, 3     # 12 languages in 4 families
+SUCCESSORS = (0.7, 0.1, 0.1, 0.1)  # the probabilities of a row's successors
 MARKERS = "red blue green black white brown gold silver pink gray stone river".split()  # a language's mark
 SENTENCE = 8                    # words per sentence; each sentence starts with its language's marker
-DRIFT = 0.2                     # share of a family's rows that each of its languages redraws
+DRIFT = 0.05                    # share of a family's rows that each of its languages redraws
 DOCS, DOC_WORDS = 400, 100      # documents per language and words per document (~40k tokens a language)
+
+
+@functools.lru_cache(maxsize=None)
+def words(n=N_WORDS):
+    """The n lowest-ranked (most frequent) o200k tokens that are a space and 3+ lowercase ASCII letters,
+    markers excepted: each is one token whatever the text around it."""
+    from tokenizer import o200k_ranks
+    out = []
+    for token in o200k_ranks():
+        w = token[1:].decode("ascii", "replace")
+        if token[:1] == b" " and len(w) >= 3 and w.isascii() and w.isalpha() and w.islower() and w not in MARKERS:
+            out.append(w)
+            if len(out) == n:
+                return tuple(out)
+    raise ValueError(f"o200k has fewer than {n} such words")
 
 
 def world(seed=0):
     """{lang: (V, V) transition matrix} and the true families [[lang, ...], ...]."""
     rng = np.random.default_rng(seed)
-    V = len(WORDS)
+    V = N_WORDS
 
     def rows(n):   # n random rows: each word's successors drawn without repetition
         table = np.zeros((n, V))
@@ -44,7 +63,10 @@ def world(seed=0):
             table[r, rng.choice(V, len(SUCCESSORS), replace=False)] = SUCCESSORS
         return table
 
-    names = [f"l{i}" for i in rng.permutation(FAMILIES * PER_FAMILY)]
+    # the names' shuffle has a generator of its own: group.random_groups(langs, sizes, seed) permutes the
+    # languages with default_rng(seed), and from the same generator it would draw the planted families
+    # themselves as the "random" groups (as it did before 2026-12-06)
+    names = [f"l{i}" for i in np.random.default_rng([seed, 2]).permutation(FAMILIES * PER_FAMILY)]
     chains, families = {}, []
     for f in range(FAMILIES):
         family = rows(V)
@@ -69,8 +91,8 @@ def documents(chain, marker, rng):
         w = np.minimum((u > cum[w]).sum(axis=1), len(chain) - 1)  # the next word of every document
         walk.append(w)
     for doc in np.stack(walk, axis=1):                           # (DOCS, DOC_WORDS)
-        words = [WORDS[i] for i in doc]
-        yield "".join(f". {marker} " + " ".join(words[i:i + SENTENCE]) for i in range(0, len(words), SENTENCE))
+        text = [words()[i] for i in doc]
+        yield "".join(f". {marker} " + " ".join(text[i:i + SENTENCE]) for i in range(0, len(text), SENTENCE))
 
 
 def write(out_dir, seed=0):

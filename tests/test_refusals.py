@@ -177,7 +177,7 @@ def test_a_changed_corpus_is_not_trained_over(tmp_path):
     assert evaluate.main([str(tmp_path / "run" / "cpt.pt"), "--max_windows", "1"])["cpt"]   # it still scores
     # the cache rebuilt by hand from the new text: the finished stages are not "done" on it
     from corpora.prepare import prepare
-    prepare(first["langs"], str(tmp_path / "cache"), vocab_size=320, data_dir=world, force=True)
+    prepare(first["langs"], str(tmp_path / "cache"), vocab_size=832, data_dir=world, force=True)
     with pytest.raises(SystemExit, match="base.pt was made from other tokens") as e:
         train.main(args)
     assert "\n" not in str(e.value)
