@@ -171,12 +171,7 @@ def nearest_existing(path):
 
 
 # ----------------------------------------------------------------------------------------------------
-# text pictures of the method's numbers (the similarity, the per-layer deviation): the console reports of
-# group.py and profile.py, and analysis/plots.py's text fallbacks, share them
-
-SHADES = " ░▒▓█"                          # heatmap cells, low -> high
-EIGHTHS = ("", "▏", "▎", "▍", "▌", "▋", "▊", "▉")  # the partial last cell of a bar
-
+# min-max scaling: D^_l of the per-layer deviations (group.select_layers), and the pictures' colour scale
 
 def normalized(x, lo=None, hi=None):
     """(x - lo) / (hi - lo) clipped to [0, 1], lo and hi defaulting to x's min and max (NaN ignored);
@@ -186,66 +181,3 @@ def normalized(x, lo=None, hi=None):
     lo = np.nanmin(x) if lo is None else lo
     hi = np.nanmax(x) if hi is None else hi
     return np.clip((x - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
-
-
-def text_heatmap(M, rows, cols, title="", lo=None, hi=None, cell=None, bounds=()):
-    """M (rows, cols) as shaded text on one lo..hi scale (default: M's min..max); NaN cells are blank.
-    Column labels longer than a cell are written vertically; `bounds` = indices where a new block
-    (group) starts, drawn as lines (square matrices)."""
-    M = np.asarray(M, dtype=float)
-    lo = float(np.nanmin(M)) if lo is None else lo
-    hi = float(np.nanmax(M)) if hi is None else hi
-    N = normalized(M, lo, hi)  # (rows, cols) in [0, 1]
-    cell = cell or (2 if len(cols) <= 60 else 1)
-    lw = max(len(str(r)) for r in rows) + 1
-    sep = lambda j: "│" if j in bounds else ""
-    labels = [str(c) for c in cols]
-    out = [title] if title else []
-    if all(len(c) < cell for c in labels):
-        out.append(" " * lw + "".join(f"{sep(j)}{c:<{cell}}" for j, c in enumerate(labels)))
-    else:  # vertical labels, one character per line
-        for k in range(max(len(c) for c in labels)):
-            out.append(" " * lw + "".join(f"{sep(j)}{c[k] if k < len(c) else ' ':<{cell}}"
-                                          for j, c in enumerate(labels)))
-    for i, r in enumerate(rows):
-        if i in bounds:
-            out.append(" " * lw + "".join(("┼" if j in bounds else "") + "─" * cell for j in range(N.shape[1])))
-        cells = "".join(sep(j) + (" " if np.isnan(v) else SHADES[min(len(SHADES) - 1, int(v * len(SHADES)))]) * cell
-                        for j, v in enumerate(N[i]))
-        out.append(f"{str(r):<{lw}}{cells}")
-    out.append(f"{'':<{lw}}scale: '{SHADES[1]}' low .. '{SHADES[-1]}' high, {lo:.3g} .. {hi:.3g}")
-    return "\n".join(out)
-
-
-def text_bar(x, xmax, width=24):
-    """A bar of x / xmax * width characters, to 1/8 of a character ('' when xmax is not positive)."""
-    if not xmax > 0 or np.isnan(x):
-        return ""
-    eighths = int(round(min(max(x / xmax, 0.0), 1.0) * width * 8))
-    return "█" * (eighths // 8) + EIGHTHS[eighths % 8]
-
-
-def similarity_order(S, langs, groups=None):
-    """(S (n, n) reordered, languages in that order, indices where a new group starts): languages grouped
-    by `groups` (a list of lists; those in no group come last), else as given."""
-    S, langs = np.asarray(S, dtype=float), list(langs)
-    if not groups:
-        return S, langs, set()
-    order, ends = [], []
-    for g in groups:
-        order += [l for l in g if l in langs and l not in order]
-        ends.append(len(order))
-    order += [l for l in langs if l not in order]
-    idx = [langs.index(l) for l in order]
-    return S[np.ix_(idx, idx)], order, set(ends[:-1])
-
-
-def text_similarity(S, langs, groups=None):
-    """The similarity matrix as a text heatmap on the off-diagonal range (the diagonal, always 1, blank),
-    ordered by group with lines between groups when groups are given."""
-    S, order, bounds = similarity_order(S, langs, groups)
-    M = S.copy()
-    np.fill_diagonal(M, np.nan)
-    title = (f"language similarity heatmap (cosine of deviation vectors{', ordered by group' if groups else ''};"
-             f" diagonal blank)")
-    return text_heatmap(M, order, order, title, bounds=bounds)

@@ -16,7 +16,6 @@ import sys
 import data
 from common import check_device, nearest_existing, save_json
 from model import load_checkpoint
-from tokenizer import MAX_VOCAB
 
 GROUP_METHODS = ("agglomerative", "minmax", "seed")
 
@@ -108,8 +107,8 @@ def check_settings(cfg, known_variants, pipeline=True):
     need(cfg["last_layers"] <= cfg["n_layer"], f"--last_layers {cfg['last_layers']} > --n_layer {cfg['n_layer']}")
     need(cfg["vocab_size"] >= 320 and cfg["vocab_size"] % 64 == 0,
          f"--vocab_size must be a multiple of 64 and at least 320, got {cfg['vocab_size']}")
-    need(cfg["vocab_size"] <= MAX_VOCAB, f"--vocab_size {cfg['vocab_size']} is more than o200k has "
-         f"(at most {MAX_VOCAB}: 256 bytes + EOT + every merged o200k token); choose a smaller one")
+    need(cfg["vocab_size"] <= data.MAX_VOCAB, f"--vocab_size {cfg['vocab_size']} is more than o200k has "
+         f"(at most {data.MAX_VOCAB}: 256 bytes + EOT + every merged o200k token); choose a smaller one")
     need(cfg["profile_method"] in ("adam", "gradient"), f"--profile_method {cfg['profile_method']!r}: choose adam or gradient")
     need(cfg["profile_split"] in ("parallel", "train"), f"--profile_split {cfg['profile_split']!r}: choose parallel or train")
     need(cfg["profile_method"] == "adam" or cfg["profile_windows"] >= cfg["profile_repeats"],

@@ -11,9 +11,9 @@ import os
 import numpy as np
 import torch
 
-from tokenizer import Tokenizer
-
 SPLITS = ("train", "val", "parallel")
+O200K_N_VOCAB = 200019                            # o200k_base's largest token id + 1
+MAX_VOCAB = -(-(O200K_N_VOCAB + 1) // 64) * 64   # a compact vocabulary can hold every o200k id, rounded to 64
 
 
 def default_cache(langs_spec, vocab_size, data_seed=0, data_dir=None, max_tokens_per_lang=0):
@@ -30,6 +30,58 @@ def default_cache(langs_spec, vocab_size, data_seed=0, data_dir=None, max_tokens
 
 
 # -----------------------------------------------------------------------------
+# the vocabulary of a model: ids -> bytes (tokenizer.Tokenizer builds it and encodes text)
+
+class Vocab:
+    """The compact vocabulary over o200k_base (docs/METHOD.md §1), as training and evaluation need it.
+    ids 0..255: single bytes; 256: EOT (document separator, 0 bytes); 257..: frequent o200k tokens;
+    ids past the table (when the training text had fewer distinct tokens) are unused and decode to ""."""
+
+    N_BYTES = 256
+
+    def __init__(self, vocab_size, o200k_ids, token_bytes):
+        assert len(o200k_ids) == len(token_bytes) <= vocab_size - self.N_BYTES - 1
+        self.vocab_size = vocab_size
+        self.eot = self.N_BYTES
+        self.o200k_ids = [int(i) for i in o200k_ids]  # o200k id of compact id eot+1+i
+        self._bytes = ([bytes([b]) for b in range(self.N_BYTES)] + [b""] + [bytes(b) for b in token_bytes]
+                       + [b""] * (vocab_size - self.N_BYTES - 1 - len(token_bytes)))
+        self._lut = None  # o200k id -> compact id (-1 = byte fallback), built on first encode
+
+    def decode(self, ids):
+        """ids (list / np array / tensor) -> str; EOT decodes to ''. Invalid UTF-8 (only possible for
+        id sequences that no encode() produced, e.g. samples) becomes U+FFFD."""
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
+        if isinstance(ids, int):
+            ids = [ids]
+        try:
+            if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
+                raise IndexError
+            data = b"".join([self._bytes[i] for i in ids])
+        except (IndexError, TypeError):
+            raise ValueError(f"decode: ids must be ints in [0, {self.vocab_size})") from None
+        return data.decode("utf-8", errors="replace")
+
+    def token_bytes(self):
+        """UTF-8 byte length of every id (0 for EOT and unused ids); for bits-per-byte."""
+        return [len(b) for b in self._bytes]
+
+    # (de)serialisation: JSON-able, decode needs nothing but this dict
+    def state_dict(self):
+        n = len(self.o200k_ids)
+        return {"type": "o200k_compact", "version": 1, "vocab_size": self.vocab_size, "eot": self.eot,
+                "o200k_ids": list(self.o200k_ids),
+                "token_hex": [b.hex() for b in self._bytes[self.eot + 1:self.eot + 1 + n]]}
+
+    @classmethod
+    def from_state_dict(cls, d):
+        if d.get("type") != "o200k_compact" or d.get("eot") != cls.N_BYTES:
+            raise ValueError(f"not an o200k_compact tokenizer state (type={d.get('type')!r})")
+        return cls(int(d["vocab_size"]), d["o200k_ids"], [bytes.fromhex(h) for h in d["token_hex"]])
+
+
+# -----------------------------------------------------------------------------
 # the dataset on disk
 
 class Dataset:
@@ -41,7 +93,7 @@ class Dataset:
         self.out_dir = out_dir
         self.meta = meta
         self.langs = list(meta["langs"])
-        self.tokenizer = Tokenizer.from_state_dict(meta["vocab"])
+        self.tokenizer = Vocab.from_state_dict(meta["vocab"])   # ids -> bytes (no encoding needed here)
         self._mm = {}
 
     @classmethod

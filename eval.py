@@ -34,7 +34,6 @@ import torch.nn.functional as F
 
 from common import check_device, default_device, find_data_cache, stale_data
 from model import load_checkpoint, model_from_checkpoint
-from tokenizer import Tokenizer
 
 LN2 = math.log(2.0)
 
@@ -350,6 +349,7 @@ def each_checkpoint(paths, device, data_cache=None, langs=None, stages=False):
 
 def sample(args):
     """Print a continuation of args.sample from every checkpoint, optionally routed to --sample_lang's expert."""
+    from tokenizer import Tokenizer   # encoding text: the prepare step's tokenizer (evaluation only decodes)
     torch.manual_seed(0)
     for variant, path in find_checkpoints(args.paths):
         try:

@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from common import nearest_existing, normalized, save_json, text_bar, text_similarity
+from common import nearest_existing, normalized, save_json
 
 METHODS = ("agglomerative", "minmax", "seed", "random")
 RUN_DEFAULTS = {"n_groups": 6, "group_method": "agglomerative", "eps": 0.6, "seed": 0}   # train.py's (a test checks)
@@ -369,61 +369,21 @@ def make_groups(profile, k, method="agglomerative", eps=0.6, seed=0, linkage="co
     return out
 
 # -----------------------------------------------------------------------------
-# text report
+# what a run prints (the full picture, heatmap and bars: python analysis/console.py RUN)
 
-def report(g, profile=None):
-    """Human-readable report of a make_groups() result: heatmap, groups with their mean similarity,
-    nearest neighbours, per-layer deviations with bars and the chosen MoE layers, repeat stability.
-    `profile` (optional) adds the profiling settings and the fine-tuning losses."""
-    langs, groups = g["langs"], g["groups"]
+def describe(g):
+    """The groups with their mean similarity, how stable they are, and the MoE layers, as a few lines."""
     S = np.asarray(g["similarity"], dtype=np.float64)
-    n = len(langs)
-    idx = {l: i for i, l in enumerate(langs)}
-    out = []
-    if profile and profile.get("config"):
-        out.append("profile: " + ", ".join(f"{k}={v}" for k, v in profile["config"].items()))
-    out.append(text_similarity(S, langs, groups))
-    off = S[~np.eye(n, dtype=bool)]
-    if off.size:
-        out.append(f"off-diagonal similarity: mean {off.mean():.4f}, min {off.min():.4f}, max {off.max():.4f}")
     extra = f", linkage {g['linkage']}" if "linkage" in g else ""
-    out.append(f"\n{len(groups)} groups ({g['method']}{extra}):")
-    gsim = g.get("group_similarity") or within_similarity(S, langs, groups)
-    for gi, (grp, s) in enumerate(zip(groups, gsim)):
-        sim = "-" if s is None else f"{s:.4f}"
-        out.append(f"  group {gi:2d} ({len(grp)}): {' '.join(grp):<40s} mean sim {sim}")
+    out = [f"{len(g['groups'])} groups ({g['method']}{extra}):"]
+    gsim = g.get("group_similarity") or within_similarity(S, g["langs"], g["groups"])
+    for gi, (grp, s) in enumerate(zip(g["groups"], gsim)):
+        out.append(f"  group {gi:2d} ({len(grp)}): {' '.join(grp):<40s} mean sim {'-' if s is None else f'{s:.4f}'}")
     if g.get("repeat_rand"):
-        rr = g["repeat_rand"]
-        out.append(f"stability: grouping redone on each repeat's similarity agrees with the final one on "
-                   f"{', '.join(f'{r:.2f}' for r in rr)} of language pairs (Rand index); the repeats' groups "
-                   f"agree with each other at adjusted Rand index {g['repeat_ari']:.2f}")
-    out.append("\nnearest neighbour (* = same group):")
-    lang_to_expert = g["lang_to_expert"]
-    items = []
-    for l in langs:
-        i = idx[l]
-        row = S[i].copy()
-        row[i] = -np.inf
-        j = int(np.argmax(row)) if n > 1 else i
-        mark = "*" if lang_to_expert[l] == lang_to_expert[langs[j]] else " "
-        items.append(f"{l:>4s} → {langs[j]:<4s}{row[j]:7.4f}{mark}")
-    for r in range(0, len(items), 4):
-        out.append("  " + "   ".join(items[r:r + 4]))
-    D = np.asarray(g["layer_dev"], dtype=np.float64)
-    Dn = normalized(D)
-    A = g.get("attn_layer_dev")
-    moe = set(g["moe_layers"])
-    out.append(f"\nper-layer mean deviation (eps = {g['eps']}; MoE layers {sorted(moe)}):")
-    out.append(f"  {'layer':>5s} {'ffn':>10s} {'':24s} {'D^':>5s} {'attn':>10s}")
-    for l in range(len(D)):
-        attn = f"{A[l]:10.3e} {text_bar(A[l], max(A))}" if A else ""
-        out.append(f"  {l:5d} {D[l]:10.3e} {text_bar(D[l], D.max()):<24s} {Dn[l]:5.2f} {attn}"
-                   f"{'  <- MoE' if l in moe else ''}".rstrip())
-    if profile and profile.get("loss"):
-        out.append("\nprofiling fine-tune loss (first step -> last step):")
-        items = [f"{l:>4s} {a:6.3f}->{b:6.3f}" for l, (a, b) in profile["loss"].items()]
-        for r in range(0, len(items), 4):
-            out.append("  " + "   ".join(items[r:r + 4]))
+        out.append(f"stability: the repeats' groups agree at adjusted Rand index {g['repeat_ari']:.2f}")
+    Dn = normalized(g["layer_dev"])
+    out.append(f"MoE layers {g['moe_layers']} (normalised FFN deviation >= eps {g['eps']}: "
+               + " ".join(f"{x:.2f}" for x in Dn) + ")")
     return "\n".join(out)
 
 # -----------------------------------------------------------------------------
@@ -483,7 +443,7 @@ def main(argv=None):
     if os.path.isdir(args.out) or not (os.path.isdir(parent) and os.access(parent, os.W_OK)):
         raise SystemExit(f"error: --out {args.out} is a folder or cannot be written; give a file path")
     g = make_groups(profile, k, method, eps, seed, args.linkage)
-    print(report(g, profile))
+    print(describe(g))
     save_json(g, args.out)
     print(f"\nwrote {args.out}")
     return g

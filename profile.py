@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 import group
-from common import save_json, text_bar, text_similarity
+from common import save_json
 
 # -----------------------------------------------------------------------------
 # which weights count
@@ -284,20 +284,6 @@ def similarity(vectors, center=False):
 # -----------------------------------------------------------------------------
 # CLI (named cli, not main: `main` is the stdlib profile's, re-exported above)
 
-def summary(prof):
-    """Short text summary: similarity heatmap (language order as given) and per-layer mean deviations."""
-    langs = prof["langs"]
-    lines = [text_similarity(prof["similarity"], langs)]
-    if prof.get("repeat_corr") is not None:
-        lines.append(f"repeat stability: mean correlation of off-diagonal similarities between repeats "
-                     f"{prof['repeat_corr']:.3f}")
-    D = np.mean([prof["ffn_dev"][l] for l in langs], axis=0)
-    A = np.mean([prof["attn_dev"][l] for l in langs], axis=0)
-    lines.append(f"per-layer mean deviation (vector layers {prof['vector_layers']}):")
-    for l in range(len(D)):
-        lines.append(f"  layer {l:3d}  ffn {D[l]:.3e} {text_bar(D[l], D.max()):<24s} attn {A[l]:.3e}")
-    return "\n".join(lines)
-
 # the profile's settings: CLI flag -> (the run's setting in a train.py checkpoint's config, profile_languages' name)
 SETTINGS = {"method": ("profile_method", "method"), "steps": ("profile_steps", "steps"), "lr": ("profile_lr", "lr"),
             "batch_size": ("profile_batch", "batch_size"), "repeats": ("profile_repeats", "repeats"),
@@ -379,9 +365,11 @@ def cli(argv=None):
     vectors = prof.pop("vectors")
     prof["data_fingerprint"] = data_fingerprint(data)
     prof["grouping"] = {k: run[k] for k in GROUPING if k in run}
-    print(summary(prof))
     save_json(prof, args.out)
-    print(f"wrote {args.out}")
+    S = np.asarray(prof["similarity"])
+    near = {l: langs[int(np.argmax(np.where(np.eye(len(langs), dtype=bool), -np.inf, S)[i]))] for i, l in enumerate(langs)}
+    print("nearest neighbour: " + "  ".join(f"{l}->{m}" for l, m in near.items()))
+    print(f"wrote {args.out} (heatmap and per-layer bars: python analysis/console.py {args.out})")
     if args.vectors:
         np.save(args.vectors, vectors)
         print(f"wrote {args.vectors} {vectors.shape}")

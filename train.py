@@ -434,7 +434,7 @@ def main(argv):
     groups, moe_layers = grp["groups"], grp["moe_layers"]
     if env.master:
         save_json(grp, os.path.join(cfg["out"], "groups.json"))
-        print(group.report(grp, prof))
+        print(group.describe(grp) + f"\n(heatmap and per-layer bars: python analysis/console.py {cfg['out']})")
 
     # 5. the variants, each trained for stage1_steps + stage2_steps on the same batches after base.
     #    What each one is, in one line (language groups, MoE layers):

@@ -8,7 +8,7 @@ Pictures of a nanoDMoE run and the text they fall back to.
 
 matplotlib is optional: it is imported inside the picture functions only, and without it every picture
 prints the same information as text. The text renderers (shaded heatmaps, sparklines, bars) need only
-numpy; group.report and profile.summary use them too.
+numpy; they live in analysis/console.py with the console reports.
 """
 
 import glob
@@ -18,7 +18,8 @@ import os
 
 import numpy as np
 
-from common import normalized, similarity_order, text_bar, text_heatmap, text_similarity  # noqa: F401 (re-exported)
+from analysis.console import similarity_order, text_bar, text_heatmap, text_similarity  # noqa: F401 (re-exported)
+from common import normalized
 
 SPARKS = "▁▂▃▄▅▆▇█"                       # sparklines
 VARIANT_ORDER = ["base", "cpt", "dmoe", "random", "all_layers"]  # train.py's variants, in pipeline order

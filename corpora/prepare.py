@@ -368,6 +368,8 @@ def prepare(langs, out_dir, vocab_size=8192, data_dir=None, seed=0, min_tokens=1
             info = _tokenize(units, seed, min_tokens, max_tokens_per_lang, scratch, map_)
             # pass 2: o200k token frequencies of the training split (all languages) -> compact vocabulary
             tok = tokenizer
+            if tok is not None and not isinstance(tok, Tokenizer):   # a data.Vocab (a Dataset's): add encoding
+                tok = Tokenizer.from_state_dict(tok.state_dict())
             if tok is None:
                 counts = sum(map_(_count_train, [(info[lang], os.path.join(scratch, lang)) for lang in langs]))
                 tok = Tokenizer.from_counts(counts, vocab_size)

@@ -167,9 +167,13 @@ def test_make_groups(method):
         assert g["repeat_rand"] == [1.0, 1.0]
     assert (len(g["merges"]) == 12) == (method == "agglomerative")
     json.dumps(g)  # JSON-able
-    text = G.report(g)
+    text = G.describe(g)                  # what train.py prints
     assert all(l in text for l in LANGS_18)
-    assert "<- MoE" in text and "group  5" in text
+    assert "MoE layers [0, 1, 2, 3, 4, 20, 21, 22, 23]" in text and "group  5" in text
+    from analysis.console import group_report   # the full console picture
+    text = group_report(g)
+    assert all(l in text for l in LANGS_18)
+    assert "<- MoE" in text and "group  5" in text and "heatmap" in text
 
 
 def test_cli_writes_groups_json(tmp_path, capsys):
@@ -180,6 +184,9 @@ def test_cli_writes_groups_json(tmp_path, capsys):
     g = json.loads(out.read_text())
     assert [len(x) for x in g["groups"]] == [6, 6, 6] and g["moe_layers"] == [21, 22, 23]
     assert not (tmp_path / "sub" / "groups.json.tmp").exists()
+    assert "MoE layers [21, 22, 23]" in capsys.readouterr().out
+    from analysis import console                  # the full picture of that file, outside the method
+    console.main([str(out)])
     assert "similarity heatmap" in capsys.readouterr().out
 
 

@@ -148,6 +148,9 @@ def test_cli(tmp_path, model, data, monkeypatch, capsys):
     prof = json.loads(out.read_text())
     assert prof["langs"] == ["a", "c"] and len(prof["ffn_dev"]["a"]) == 4 and "vectors" not in prof
     assert np.load(tmp_path / "v.npy").shape == (2, 2 * 16 * 64)
+    assert "nearest neighbour: a->c  c->a" in capsys.readouterr().out
+    from analysis import console                  # the heatmap and bars of that file, outside the method
+    console.main([str(out)])
     assert "similarity heatmap" in capsys.readouterr().out
     r = subprocess.run([sys.executable, "profile.py", "--help"], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)

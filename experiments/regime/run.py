@@ -1,0 +1,89 @@
+"""
+One point of the paper's situation for one seed, landed as experiments/regime/<point>_s<seed>.json (the
+run's results.json, its command and the thread count), so that a sweep stopped anywhere keeps every
+finished run and `python experiments/regime/table.py` redraws the table from the files alone.
+
+    python experiments/regime/run.py eps0 1             # point eps0, seed 1
+    python experiments/regime/run.py eps0,eps0_half 0,1,2   # several, one after the other; done ones skipped
+    python experiments/regime/run.py --list
+
+Every point is the regime below plus its own settings. Runs of one seed share the dense base and profile,
+and runs with the same schedule after base share cpt: a finished run offers them to the others through
+runs/regime/_shared/, and train.py skips stages it finds done. Set OMP_NUM_THREADS to run two at once
+(two 1-thread processes do about the work of one 2-thread process on a 2-core CPU); the thread count
+changes the last digits, so it is recorded.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.join(ROOT, "experiments", "regime")
+REGIME = {"langs": "18", "base_langs": "auto", "stage1_steps": 100, "stage2_steps": 900, "lr": 2e-3,
+          "variants": "cpt,dmoe,random"}
+POINTS = {
+    "base10": {},                                                   # the eps rule's MoE layers
+    "eps0": {"eps": 0.0},                                           # every layer MoE
+    "k1": {"top_k": 1},                                             # top-1 routing (no router gradient)
+    "eps0_half": {"eps": 0.0, "stage1_steps": 500, "stage2_steps": 500},   # every layer, half the steps by group
+}
+SHARED = {"base": ("base.pt", "profile.json"), "cpt": ("cpt_stage1.pt", "cpt.pt")}
+
+
+def run(point, seed):
+    landed = os.path.join(HERE, f"{point}_s{seed}.json")
+    if os.path.exists(landed):
+        print(f"[regime] {point} seed {seed}: done ({os.path.relpath(landed, ROOT)})")
+        return
+    settings = dict(REGIME, **POINTS[point], seed=seed)
+    out = os.path.join("runs", "regime", point, f"s{seed}")
+    args = [a for k, v in settings.items() for a in (f"--{k}", str(v))] + ["--out", out]
+    shared = {"base": os.path.join(ROOT, "runs", "regime", "_shared", f"s{seed}"),
+              "cpt": os.path.join(ROOT, "runs", "regime", "_shared", f"s{seed}",
+                                  f"cpt-{settings['stage1_steps']}-{settings['stage2_steps']}-{settings['lr']}")}
+    os.makedirs(os.path.join(ROOT, out), exist_ok=True)
+    for kind, files in SHARED.items():   # what another point of this seed trained already
+        for f in files:
+            src, dst = os.path.join(shared[kind], f), os.path.join(ROOT, out, f)
+            if os.path.exists(src) and not os.path.exists(dst):
+                shutil.copy(src, dst)
+    command = "python train.py " + " ".join(args)
+    print(f"[regime] {command}", flush=True)
+    with open(os.path.join(ROOT, out, "train.log"), "a") as log:
+        rc = subprocess.call([sys.executable, "train.py"] + args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    if rc:
+        raise SystemExit(f"error: {command} failed (exit {rc}); see {out}/train.log")
+    for kind, files in SHARED.items():
+        os.makedirs(shared[kind], exist_ok=True)
+        for f in files:
+            if not os.path.exists(os.path.join(shared[kind], f)):
+                shutil.copy(os.path.join(ROOT, out, f), os.path.join(shared[kind], f))
+    with open(os.path.join(ROOT, out, "results.json")) as f:
+        res = json.load(f)
+    res["command"] = command
+    res["threads"] = int(os.environ.get("OMP_NUM_THREADS", "0")) or os.cpu_count()
+    with open(landed + ".tmp", "w") as f:
+        json.dump(res, f, indent=1)
+    os.replace(landed + ".tmp", landed)
+    print(f"[regime] {point} seed {seed}: {res['minutes']} min -> {os.path.relpath(landed, ROOT)}", flush=True)
+
+
+def main(argv):
+    if not argv or argv[0] == "--list":
+        for name, extra in POINTS.items():
+            print(f"{name:10s} {extra or '(the regime)'}")
+        print("regime:", REGIME)
+        return
+    points, seeds = argv[0].split(","), [int(s) for s in (argv[1] if len(argv) > 1 else "0").split(",")]
+    bad = [p for p in points if p not in POINTS]
+    if bad:
+        raise SystemExit(f"error: unknown point {','.join(bad)}; the points: {', '.join(POINTS)}")
+    for seed in seeds:
+        for point in points:
+            run(point, seed)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
