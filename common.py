@@ -170,6 +170,20 @@ def nearest_existing(path):
     return path
 
 
+def unwritable(path, kind="file"):
+    """Why `path` cannot be written as a `kind` ("file" or "folder"), or None: it is the other kind, it lies
+    under a file, or there is no permission where it would be made. Checked before any work is spent."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path) if kind == "file" else os.path.isfile(path):
+        return f"is a {'folder' if kind == 'file' else 'file'}"
+    at = nearest_existing(path if kind == "folder" else os.path.dirname(path))
+    if not os.path.isdir(at):
+        return f"lies under the file {at}"
+    if not os.access(path if os.path.exists(path) else at, os.W_OK):
+        return f"cannot be written (no permission in {at})"
+    return None
+
+
 # ----------------------------------------------------------------------------------------------------
 # min-max scaling: D^_l of the per-layer deviations (group.select_layers), and the pictures' colour scale
 

@@ -14,7 +14,7 @@ import os
 import sys
 
 import data
-from common import check_device, nearest_existing, save_json
+from common import check_device, save_json, unwritable
 from model import load_checkpoint
 
 GROUP_METHODS = ("agglomerative", "minmax", "seed")
@@ -120,10 +120,8 @@ def check_settings(cfg, known_variants, pipeline=True):
     if cfg["device"] != "auto":
         check_device(cfg["device"])   # cuda:N that is not here, mps without MPS: one line, before any work
     if cfg["data_cache"]:
-        need(not os.path.isfile(cfg["data_cache"]), f"--data_cache {cfg['data_cache']} is a file; give a directory")
-        parent = nearest_existing(cfg["data_cache"])
-        need(os.path.isfile(os.path.join(cfg["data_cache"], "meta.json")) or os.access(parent, os.W_OK),
-             f"--data_cache {cfg['data_cache']} cannot be written (no permission in {parent}); give another directory")
+        why = None if os.path.isfile(os.path.join(cfg["data_cache"], "meta.json")) else unwritable(cfg["data_cache"], "folder")
+        need(why is None, f"--data_cache {cfg['data_cache']} {why}; give another directory")
     need(cfg["dtype"] in ("auto", "float32", "bfloat16"), f"--dtype {cfg['dtype']!r}: choose auto, float32 or bfloat16")
     need(cfg["compile"] in ("auto", "True", "False"), f"--compile {cfg['compile']!r}: choose auto, True or False")
     need(not os.path.isfile(cfg["out"]), f"--out {cfg['out']} is a file; give a directory")
@@ -262,14 +260,17 @@ def trained_on(out):
 
 
 def check_profile_langs(cfg, lang_list):
-    """Before any work: a profile.json left in --out by another language set is refused, not reused."""
-    path = os.path.join(cfg["out"], "profile.json")
-    if os.path.exists(path):
+    """Before any work: a profile.json or groups.json left in --out by another language set is refused."""
+    for name in ("profile.json", "groups.json"):
+        path = os.path.join(cfg["out"], name)
+        if not os.path.exists(path):
+            continue
         try:
             with open(path) as f:
                 langs = json.load(f)["langs"]
         except (OSError, ValueError, KeyError, TypeError):
-            raise SystemExit(f"error: {path} is not a readable profile; delete it to profile again")
+            raise SystemExit(f"error: {path} is not a readable {name[:-5]}; delete it to profile again")
         if langs != lang_list:
-            raise SystemExit(f"error: {path} profiles {','.join(langs)}, not this run's {','.join(lang_list)}; "
-                             f"pass another --out, or delete it to profile again")
+            raise SystemExit(f"error: {path} {'profiles' if name == 'profile.json' else 'groups'} "
+                             f"{','.join(langs)}, not this run's {','.join(lang_list)}; pass another --out, "
+                             f"or delete it to profile again")

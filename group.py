@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from common import nearest_existing, normalized, save_json
+from common import normalized, save_json, unwritable
 
 METHODS = ("agglomerative", "minmax", "seed", "random")
 RUN_DEFAULTS = {"n_groups": 6, "group_method": "agglomerative", "eps": 0.6, "seed": 0}   # train.py's (a test checks)
@@ -403,8 +403,11 @@ def read_profile(path):
         missing += [] if missing else ["similarity"]
         raise SystemExit(f"error: {path} has no {', '.join(missing)}; give the profile.json that profile.py wrote")
     langs = prof["langs"]
-    S = np.asarray(prof["similarity"] if prof.get("similarity") is not None else cosine_similarity(prof["vectors"]),
-                   dtype=np.float64)
+    try:
+        S = np.asarray(prof["similarity"] if prof.get("similarity") is not None else cosine_similarity(prof["vectors"]),
+                       dtype=np.float64)
+    except (TypeError, ValueError):
+        raise SystemExit(f"error: {path}: the similarity is not a matrix of numbers; profile again")
     if S.shape != (len(langs), len(langs)) or set(prof["ffn_dev"]) != set(langs):
         raise SystemExit(f"error: {path}: the similarity is {'x'.join(map(str, S.shape))} and ffn_dev covers "
                          f"{len(prof['ffn_dev'])} languages, for {len(langs)} languages; the file is damaged, profile again")
@@ -439,9 +442,9 @@ def main(argv=None):
         raise SystemExit(f"error: {args.profile} asks for grouping {method!r}; pass --method (one of {', '.join(METHODS)})")
     if not math.isfinite(eps):
         raise SystemExit(f"error: --eps must be a number, got {eps}")
-    parent = nearest_existing(os.path.dirname(os.path.abspath(args.out)))   # save_json makes the missing folders
-    if os.path.isdir(args.out) or not (os.path.isdir(parent) and os.access(parent, os.W_OK)):
-        raise SystemExit(f"error: --out {args.out} is a folder or cannot be written; give a file path")
+    why = unwritable(args.out)   # save_json makes the missing folders
+    if why:
+        raise SystemExit(f"error: --out {args.out} {why}; give a file path")
     g = make_groups(profile, k, method, eps, seed, args.linkage)
     print(describe(g))
     save_json(g, args.out)
@@ -449,4 +452,7 @@ def main(argv=None):
     return g
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        raise SystemExit("\ninterrupted: nothing was written; run the same command again")

@@ -118,26 +118,31 @@ def finetune_deltas(model, data, lang, names, steps, lr, batch_size, block_size,
         raise FloatingPointError(f"{lang}: the fine-tuned weights are not finite after {steps} steps")
     return deltas, losses
 
-def gradient_deltas(model, data, lang, names, lr, windows, block_size, device, batch_size=32):
+def gradient_deltas(model, data, lang, names, lr, windows, block_size, device, batch_size=32, seed=0):
     """The better-conditioned estimate (docs/METHOD.md §2): the move of ONE plain gradient step with
     learning rate `lr` on a fixed sample of the language's text, Δθ = -lr * mean loss gradient over the
     `windows` (x, y) pairs. Every window of the sample counts (no batch noise, no seed); Adam's first
     steps instead move nearly every weight by about ±lr, the sign of a noisy gradient, which the cosine
-    then mostly measures. The model is not changed. Returns ({name: Δweight (fp32)}, [loss, loss])."""
+    then mostly measures. The model is not changed; dropout (if any) draws from a generator seeded with
+    `seed` alone, so that the estimate does not depend on what ran before it in the process (a resumed
+    run profiles as an uninterrupted one). Returns ({name: Δweight (fp32)}, [loss, loss])."""
     x_all, y_all = windows
     params = dict(model.named_parameters())
     grads = {n: torch.zeros_like(params[n], dtype=torch.float32) for n in names}
     was_training = model.training
     model.train()
     total = 0.0
-    for i in range(0, len(x_all), batch_size):
-        x, y = x_all[i:i + batch_size].to(device), y_all[i:i + batch_size].to(device)  # (B, T) each
-        _, loss, _ = model(x, y)
-        weight = len(x) / len(x_all)
-        total += loss.item() * weight
-        g = torch.autograd.grad(loss * weight, [params[n] for n in names])
-        for n, gn in zip(names, g):
-            grads[n] += gn.float()
+    fork = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=fork):  # dropout reproducible, caller's RNG untouched
+        torch.manual_seed(seed)
+        for i in range(0, len(x_all), batch_size):
+            x, y = x_all[i:i + batch_size].to(device), y_all[i:i + batch_size].to(device)  # (B, T) each
+            _, loss, _ = model(x, y)
+            weight = len(x) / len(x_all)
+            total += loss.item() * weight
+            g = torch.autograd.grad(loss * weight, [params[n] for n in names])
+            for n, gn in zip(names, g):
+                grads[n] += gn.float()
     model.train(was_training)
     if not math.isfinite(total) or not all(torch.isfinite(g).all() for g in grads.values()):
         raise FloatingPointError(f"{lang}: the loss or its gradient is not finite")
@@ -222,7 +227,7 @@ def profile_languages(model, data, langs, method="gradient", steps=10, lr=1e-4, 
                 x, y = sample[lang]
                 deltas, losses = gradient_deltas(model, data, lang, sorted(names), lr,
                                                  (x.chunk(repeats)[r].contiguous(), y.chunk(repeats)[r].contiguous()),
-                                                 block_size, device, batch_size)
+                                                 block_size, device, batch_size, seed + r)
             else:
                 deltas, losses = finetune_deltas(model, data, lang, names, steps, lr, batch_size, block_size,
                                                  seed + r, device)
@@ -319,7 +324,11 @@ def cli(argv=None):
     from data import Dataset  # imported here: the core function needs neither module
     from model import load_checkpoint, model_from_checkpoint
 
-    from common import check_device, data_fingerprint, find_data_cache, stale_data
+    from common import check_device, data_fingerprint, find_data_cache, stale_data, unwritable
+    for flag, path in (("--out", args.out), ("--vectors", args.vectors)):
+        why = path and unwritable(path)
+        if why:
+            raise SystemExit(f"error: {flag} {path} {why}; give a file path")
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
@@ -351,6 +360,10 @@ def cli(argv=None):
     if stale_data(ckpt, data):
         raise SystemExit(f"error: {args.ckpt} was trained with another vocabulary than {cache} holds; "
                          f"pass the --data_cache it was trained on")
+    n_layer = ckpt["model_args"]["n_layer"]
+    if kw["last_layers"] is not None and not 1 <= kw["last_layers"] <= n_layer:
+        raise SystemExit(f"error: --last_layers {kw['last_layers']}: choose 1..{n_layer} (the model's layers), "
+                         f"or 0 for the paper's last eighth")
     if not 2 <= (kw.get("block_size") or ckpt["model_args"]["block_size"]) <= ckpt["model_args"]["block_size"]:
         raise SystemExit(f"error: --block_size {kw['block_size']}: choose 2..{ckpt['model_args']['block_size']} "
                          f"(the model's)")
@@ -376,4 +389,7 @@ def cli(argv=None):
     return prof
 
 if __name__ == "__main__":
-    cli()
+    try:
+        cli()
+    except KeyboardInterrupt:
+        raise SystemExit("\ninterrupted: nothing was written; run the same command again")

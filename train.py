@@ -488,7 +488,7 @@ def load_data(cfg, env, lang_list, cache=None, tokenizer=None):
             from corpora.prepare import prepare
             dataset = prepare(lang_list, cache, vocab_size=cfg["vocab_size"], data_dir=cfg["data_dir"] or None,
                               seed=cfg["data_seed"], tokenizer=tokenizer, max_tokens_per_lang=cfg["max_tokens_per_lang"],
-                              keep=trained_on(cfg["out"]))
+                              keep=trained_on(cfg["out"]), rebuild=False)
         env.barrier()
         if not env.master:
             dataset = data.Dataset.load(cache)

@@ -130,6 +130,10 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=None, help="seed of the new routers' init (default: the run's, else 0)")
     ap.add_argument("--out", required=True, help="where to write the MoE checkpoint")
     args = ap.parse_args(argv)
+    from common import unwritable
+    why = unwritable(args.out)
+    if why:
+        raise SystemExit(f"upcycle.py: --out {args.out} {why}; give a file path")
     try:
         dense_ckpt = load_checkpoint(args.dense_ckpt)
     except RuntimeError as e:
@@ -156,8 +160,8 @@ def main(argv=None):
     seed = run.get("seed", 0) if args.seed is None else args.seed
     try:
         ckpt = upcycle_checkpoint(dense_ckpt, layers, experts, top_k=top_k, seed=seed)
-    except ValueError as e:
-        ap.error(str(e))
+    except ValueError as e:   # layers out of range, experts < 1, top_k > experts, an MoE checkpoint
+        raise SystemExit(f"upcycle.py: {e}; see python upcycle.py --help")
     if grp and experts == len(grp["groups"]):   # the groups travel with it (group routing, eval, adapt)
         ckpt.update(groups=grp["groups"], lang_to_expert={l: e for e, g in enumerate(grp["groups"]) for l in g})
     save_checkpoint(args.out, ckpt)
@@ -168,4 +172,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        raise SystemExit("\ninterrupted: nothing was written; run the same command again")

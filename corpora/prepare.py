@@ -36,7 +36,7 @@ from tqdm import tqdm
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:   # run as python corpora/prepare.py
     sys.path.insert(0, ROOT)
-from common import atomic_open, save_json  # noqa: E402
+from common import atomic_open, save_json, unwritable  # noqa: E402
 from corpora import bundled as corpus  # noqa: E402
 from data import SPLITS, Dataset, default_cache  # noqa: E402
 from tokenizer import O200K_EOT, O200K_N_VOCAB, Tokenizer, check_vocab_size, o200k_encoding  # noqa: E402
@@ -302,7 +302,7 @@ def remove_stale_scratch(out_dir):
 
 
 def prepare(langs, out_dir, vocab_size=8192, data_dir=None, seed=0, min_tokens=1024, force=False, workers=None,
-            tokenizer=None, max_tokens_per_lang=0, keep=None):
+            tokenizer=None, max_tokens_per_lang=0, keep=None, rebuild=True):
     """Build (or reuse, when out_dir/meta.json has the same fingerprint) the tokenized corpus.
     langs: a corpora.bundled.resolve_langs() spec or a list of codes. min_tokens: the val split of each language
     is grown (in hash order, up to a quarter of the documents) until it holds at least this many o200k
@@ -313,7 +313,8 @@ def prepare(langs, out_dir, vocab_size=8192, data_dir=None, seed=0, min_tokens=1
     max_tokens_per_lang: read each language only until this many o200k tokens (whole documents, in
     reading order; 0 = all): a slice of a huge download. keep: (what, fingerprint) of something trained on
     this cache; a cache holding those tokens is then never rebuilt (a ValueError says what changed).
-    Returns the Dataset; prints a per-language table of bytes and tokens."""
+    rebuild=False (train.py): a complete cache of other tokens is refused, not rebuilt in place, since
+    another run may have trained on it. Returns the Dataset; prints a per-language table of bytes and tokens."""
     t0 = time.time()
     langs = corpus.resolve_langs(langs, data_dir, cache=out_dir)
     if tokenizer is not None:
@@ -349,6 +350,10 @@ def prepare(langs, out_dir, vocab_size=8192, data_dir=None, seed=0, min_tokens=1
                   f"(the bundled-text packages are not installed here)")
             print_table(old)
             return Dataset(out_dir, old)
+        if not rebuild and bins_ok and old.get("fingerprint"):      # another run may stand on these tokens
+            raise ValueError(f"{out_dir} holds tokens of other text or settings (data fingerprint "
+                             f"{old['fingerprint']}, now {fingerprint}): a run may have trained on them; pass another "
+                             f"--data_cache, or delete {out_dir} to rebuild it")
     if data_dir is None and not corpus.bundled_installed():
         raise ValueError(f"{out_dir} holds no complete data prepared with these settings, and the bundled-text "
                          f"packages are not installed here to build it: pip install -r requirements.txt")
@@ -443,6 +448,9 @@ def main(argv=None):
                         help="processes tokenizing a --data_dir corpus (default min(CPUs, 8); 1 = this one)")
     a = parser.parse_args(argv)
     out = a.out or default_cache(a.langs, a.vocab_size, a.seed, a.data_dir, a.max_tokens_per_lang)
+    why = unwritable(out, "folder")
+    if why:
+        sys.exit(f"error: --out {out} {why}; give another directory")
     try:
         prepare(a.langs, out, a.vocab_size, a.data_dir, a.seed, a.min_tokens, a.force, a.workers,
                 max_tokens_per_lang=a.max_tokens_per_lang)

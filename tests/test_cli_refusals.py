@@ -21,14 +21,17 @@ def write(tmp_path, obj, name="profile.json"):
     ({"langs": ["aa"]}, [], "has no ffn_dev"),
     ({**PROFILE, "similarity": [[1, 0], [0, 1]]}, [], "the similarity is 2x2 .* for 3 languages"),
     ({**PROFILE, "similarity": [[1, float("nan"), 0], [0, 1, 0], [0, 0, 1]]}, [], "holds NaN"),
+    ({**PROFILE, "similarity": [[1, "x", 0], [0, 1, 0], [0, 0, 1]]}, [], "is not a matrix of numbers"),
     (PROFILE, ["--groups", "0"], "--groups 0: choose 2..3"),
     (PROFILE, ["--groups", "100"], "--groups 100: choose 2..3"),
     (PROFILE, ["--groups", "2", "--eps", "nan"], "--eps must be a number"),
-    (PROFILE, ["--groups", "2", "--out", "DIR"], "is a folder or cannot be written"),
+    (PROFILE, ["--groups", "2", "--out", "DIR"], "is a folder; give a file path"),
+    (PROFILE, ["--groups", "2", "--out", "UNDER_FILE"], "lies under the file"),
 ])
 def test_group_cli_refuses_with_one_line(tmp_path, profile, args, message):
     path = str(tmp_path / "missing.json") if profile is None else write(tmp_path, profile)
-    args = [str(tmp_path) if a == "DIR" else a for a in args]
+    (tmp_path / "afile").write_text("x")
+    args = [str(tmp_path) if a == "DIR" else str(tmp_path / "afile" / "g.json") if a == "UNDER_FILE" else a for a in args]
     with pytest.raises(SystemExit, match=message) as e:
         group.main([path, *args, *([] if "--out" in args else ["--out", str(tmp_path / "g.json")])])
     assert "\n" not in str(e.value)
@@ -39,15 +42,54 @@ def test_group_cli_still_groups(tmp_path):
     assert sorted(map(sorted, g["groups"]))[0] == ["aa", "bb"]
 
 
-def test_upcycle_cli_refuses_bad_layers(tmp_path):
+@pytest.mark.parametrize("args, message", [
+    (["--layers", "abc", "--experts", "2"], r"--layers 'abc': give block indices like 0,3 \(of 0..1\)"),
+    (["--layers", "9", "--experts", "2"], r"layers must be a non-empty subset of 0..1, got \[9\]"),
+    (["--layers", "0", "--experts", "0"], "need n_experts >= 1"),
+    (["--layers", "0", "--experts", "2", "--top_k", "5"], "1 <= top_k <= n_experts, got 2, 5"),
+    (["--layers", "0", "--experts", "2", "--out", "DIR"], "--out .* is a folder; give a file path"),
+])
+def test_upcycle_cli_refuses_with_one_line(tmp_path, args, message):
     import upcycle
     from model import GPT, GPTConfig, save_checkpoint
     m = GPT(GPTConfig(vocab_size=320, block_size=16, n_layer=2, n_head=2, n_embd=16))
     path = str(tmp_path / "base.pt")
     save_checkpoint(path, {"model": m.state_dict(), "model_args": m.config.__dict__.copy()})
-    with pytest.raises(SystemExit, match=r"--layers 'abc': give block indices like 0,3 \(of 0..1\)") as e:
-        upcycle.main([path, "--layers", "abc", "--experts", "2", "--out", str(tmp_path / "moe.pt")])
+    args = [str(tmp_path) if a == "DIR" else a for a in args]
+    with pytest.raises(SystemExit, match=message) as e:
+        upcycle.main([path, *args, *([] if "--out" in args else ["--out", str(tmp_path / "moe.pt")])])
     assert "\n" not in str(e.value)
+    assert not (tmp_path / "moe.pt").exists()
+
+
+def test_prepare_cli_refuses_with_one_line(tmp_path):
+    from corpora import prepare
+    (tmp_path / "afile").write_text("x")
+    for argv, message in ((["--out", str(tmp_path / "afile")], "--out .*afile is a file; give another directory"),
+                          (["--out", str(tmp_path / "afile" / "sub")], "lies under the file"),
+                          (["--langs", "xx", "--out", str(tmp_path / "c")], "xx"),
+                          (["--vocab_size", "100", "--out", str(tmp_path / "c")], "vocab_size=100")):
+        with pytest.raises(SystemExit, match=message) as e:
+            prepare.main(["--langs", "ar,de", *argv] if "--langs" not in argv else argv)
+        assert "\n" not in str(e.value), argv
+
+
+@pytest.mark.parametrize("script", ["profile.py", "group.py", "upcycle.py", "eval.py"])
+def test_ctrl_c_in_a_step_cli_is_one_line(script):
+    """Ctrl-C in a step CLI ends with one line, not a KeyboardInterrupt traceback (the signal arrives while
+    the script is still importing torch or reading its arguments: what any Ctrl-C would see is the handler
+    around main)."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import argparse, runpy\n"
+            "def interrupted(*args, **kwargs):\n    raise KeyboardInterrupt\n"
+            "argparse.ArgumentParser.parse_args = interrupted\n"
+            f"runpy.run_path({script!r}, run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-800:]
+    assert r.stderr.strip().splitlines()[-1].startswith("interrupted"), r.stderr[-300:]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -95,13 +137,15 @@ def tiny_run(tmp_path_factory):
     (["--lr", "nan"], "--lr must be a positive number"),
     (["--ckpt", "MOE"], "is an MoE checkpoint"),
     (["--device", "cuda:7"], "--device cuda:7"),
+    (["--last_layers", "99"], "--last_layers 99: choose 1..2"),
+    (["--out", "DIR"], "--out .* is a folder; give a file path"),
 ])
 def test_profile_cli_refuses_with_one_line(tiny_run, args, message):
     import profile
-    fill = {"NOPE": str(tiny_run / "nope"), "MOE": str(tiny_run / "run" / "dmoe.pt")}
+    fill = {"NOPE": str(tiny_run / "nope"), "MOE": str(tiny_run / "run" / "dmoe.pt"), "DIR": str(tiny_run)}
     base = {"--ckpt": str(tiny_run / "run" / "base.pt"), "--data_cache": str(tiny_run / "cache")}
     given = dict(zip(args[::2], [fill.get(a, a) for a in args[1::2]]))
-    argv = [x for k, v in {**base, **given, "--out": str(tiny_run / "p.json")}.items() for x in (k, v)]
+    argv = [x for k, v in {**base, "--out": str(tiny_run / "p.json"), **given}.items() for x in (k, v)]
     with pytest.raises(SystemExit, match=message) as e:
         profile.cli(argv)
     assert "\n" not in str(e.value)

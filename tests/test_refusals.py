@@ -186,20 +186,42 @@ def test_a_changed_corpus_is_not_trained_over(tmp_path):
     assert "\n" not in str(e.value)
 
 
-def test_a_profile_of_other_languages_is_refused_before_any_work(tmp_path, cache):
+def test_a_cache_of_other_text_is_not_rebuilt_under_another_run(tmp_path):
+    """After the corpus changes, a new run (another --out) on the same --data_cache is refused in one line:
+    rebuilding the cache in place would take the tokens from under every run trained on it."""
+    from corpora import planted
+    world = planted.write(str(tmp_path / "world"), seed=0)
+    args = ["--preset", "planted", "--data_dir", world, "--data_cache", str(tmp_path / "cache"), "--base_steps", "2",
+            "--profile_windows", "4", "--variants", "cpt", "--stage1_steps", "1", "--stage2_steps", "1",
+            "--eval_windows", "1"]
+    train.main(args + ["--out", str(tmp_path / "a")])
+    meta = (tmp_path / "cache" / "meta.json").read_text()
+    with open(os.path.join(world, "l0.jsonl"), "a") as f:
+        f.write(json.dumps({"text": ". red the of and to in is that for"}) + "\n")
+    with pytest.raises(SystemExit, match="holds tokens of other text or settings .*pass another --data_cache") as e:
+        train.main(args + ["--out", str(tmp_path / "b")])
+    assert "\n" not in str(e.value)
+    assert (tmp_path / "cache" / "meta.json").read_text() == meta
+    assert not (tmp_path / "b" / "base.pt").exists()
+
+
+@pytest.mark.parametrize("name, says", [("profile.json", "profiles"), ("groups.json", "groups")])
+def test_a_profile_of_other_languages_is_refused_before_any_work(tmp_path, cache, name, says):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "profile.json").write_text(json.dumps({"langs": ["fr", "it", "ja"]}))
-    with pytest.raises(SystemExit, match="profiles fr,it,ja, not this run's de,nl,ru,uk") as e:
+    (out / name).write_text(json.dumps({"langs": ["fr", "it", "ja"]}))
+    with pytest.raises(SystemExit, match=f"{says} fr,it,ja, not this run's de,nl,ru,uk") as e:
         run(out, cache, *QUICK)
     assert "\n" not in str(e.value)
     assert not (out / "base.pt").exists() and not (out / "config.json").exists()
 
 
-def test_a_data_cache_that_is_a_file_is_refused_before_any_work(tmp_path):
+@pytest.mark.parametrize("where, message", [("f", "is a file; give another directory"),
+                                            ("f/sub", "lies under the file .*f; give another directory")])
+def test_a_data_cache_that_cannot_be_a_folder_is_refused_before_any_work(tmp_path, where, message):
     (tmp_path / "f").write_text("x")
-    with pytest.raises(SystemExit, match="--data_cache .* is a file; give a directory") as e:
-        run(tmp_path / "run", str(tmp_path / "f"))
+    with pytest.raises(SystemExit, match=f"--data_cache .*{message}") as e:
+        run(tmp_path / "run", str(tmp_path / where))
     assert "\n" not in str(e.value) and not (tmp_path / "run").exists()
 
 
