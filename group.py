@@ -21,7 +21,6 @@ import argparse
 import itertools
 import json
 import math
-import os
 
 import numpy as np
 

@@ -28,7 +28,7 @@ import group
 from common import Env, data_fingerprint, save_json, stale_data
 from config import (RunDir, check_profile_langs, check_settings, default_data_cache, parse_args,
                     refuse_another_runs_cache, resolve_base_langs, trained_on)
-from eval import compare_table, evaluate, summarize
+from eval import evaluate, report
 from model import GPT, GPTConfig, adam_by_name, load_adam_by_name, load_checkpoint, model_from_checkpoint, save_checkpoint
 from profile import GROUPING, profile_languages
 from upcycle import upcycle, upcycle_adam
@@ -474,7 +474,8 @@ def main(argv):
 
     # 6. evaluate (§8): every variant on held-out text, per language -> the table and OUT/results.json
     if env.master:
-        return report(cfg, env, dataset, lang_list, base_langs, ["base"] + wanted, grp, variants, t_start)
+        return report(cfg, env, dataset, lang_list, base_langs, ["base"] + wanted, grp, variants["random"][0],
+                      t_start, order=("base",) + VARIANTS)
     return None
 
 
@@ -530,86 +531,6 @@ def profile(cfg, env, base, dataset, lang_list):
     if env.master:
         save_json(prof, path)
     return prof
-
-
-def true_groups(data_dir):
-    """A corpus folder may know its right groups (DIR/families.json, as the planted world writes it): the
-    list of language lists, or None."""
-    path = os.path.join(data_dir or "", "families.json")
-    if not data_dir or not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)["true_groups"]
-
-
-def report(cfg, env, dataset, lang_list, base_langs, names, grp, variants, t_start):
-    """Evaluate every variant named (learned routing; MoE variants also forced to each language's group
-    expert), print the table and write OUT/results.json. A rerun with a --variants subset updates those
-    variants' numbers and keeps the others'."""
-    path = os.path.join(cfg["out"], "results.json")
-    results = {"variants": {}, "forced_group": {}, "params": {}}
-    if os.path.exists(path):
-        with open(path) as f:
-            results = json.load(f)
-    results.update(langs=lang_list, data_fingerprint=data_fingerprint(dataset),
-                   groups=grp["groups"], moe_layers=grp["moe_layers"],
-                   random_groups=variants["random"][0],
-                   # the profile's stability: similarities of the repeats (disjoint halves of the text)
-                   # correlated, and the groups each repeat alone gives, compared by adjusted Rand index
-                   profile_stability={"repeat_corr": grp.get("repeat_corr"), "repeat_ari": grp.get("repeat_ari")})
-    new_langs = [l for l in lang_list if l not in base_langs]
-    results.update(base_langs=base_langs, new_langs=new_langs)
-    truth = true_groups(cfg["data_dir"])     # a planted world knows the right groups
-    if truth:
-        results.update(true_groups=truth, true_groups_ari=group.adjusted_rand_index(grp["groups"], truth),
-                       random_groups_ari=group.adjusted_rand_index(variants["random"][0], truth))
-
-    def scores(model, routing, lang_to_expert=None):
-        res = evaluate(model, dataset, lang_list, split="val", block_size=cfg["block_size"],
-                       max_windows=cfg["eval_windows"], routing=routing, lang_to_expert=lang_to_expert,
-                       device=env.device)
-        bad = [l for l, r in res.items() if not math.isfinite(r["loss"])]
-        if bad:
-            raise SystemExit(f"error: [{name}] the held-out loss of {','.join(bad)} is not finite; "
-                             f"results.json is not written")
-        return {l: {k: r[k] for k in ("loss", "ppl", "bpb", "tokens", "bytes")} for l, r in res.items()}
-    for name in names:
-        ckpt = load_checkpoint(os.path.join(cfg["out"], name + ".pt"))
-        model = model_from_checkpoint(ckpt, env.device)
-        results["variants"][name] = scores(model, "learned")
-        results["params"][name] = model.num_params()
-        if model.config.moe_layers:
-            # every language forced to its own group's expert: how much the groups shaped the experts
-            results["forced_group"][name] = scores(model, "group", ckpt["lang_to_expert"])
-    order = ("base",) + VARIANTS
-    for key in ("variants", "forced_group", "params"):
-        results[key] = {v: results[key][v] for v in order if v in results[key]}
-    results["minutes"] = round((time.time() - t_start) / 60, 2)
-    results["config"] = cfg
-    print()
-    print(compare_table(results["variants"], baseline="cpt" if "cpt" in results["variants"] else "base",
-                        params=results["params"]))
-    if results["forced_group"]:
-        forced = {v: summarize(r)["ppl"] for v, r in results["forced_group"].items()}
-        print("\navg ppl with every language forced to its group's expert (learned routing above): "
-              + ", ".join(f"{v} {p:.2f}" for v, p in forced.items()))
-    if new_langs:   # the paper's situation: how the languages the base saw and the new ones fared
-        results["by_langs"] = {part: {kind: {v: summarize(r, ls)["ppl"] for v, r in results[kind].items()}
-                                      for kind in ("variants", "forced_group")}
-                               for part, ls in (("seen", base_langs), ("new", new_langs))}
-        print(f"\navg ppl over the {len(base_langs)} languages the base saw ({' '.join(base_langs)}) and the "
-              f"{len(new_langs)} new to it ({' '.join(new_langs)}), learned routing [forced to the group's expert]:")
-        for part in ("seen", "new"):
-            by = results["by_langs"][part]
-            print(f"  {part:5s} " + ", ".join(f"{v} {p:.2f}" + (f" [{by['forced_group'][v]:.2f}]" if v in by["forced_group"] else "")
-                                              for v, p in by["variants"].items()))
-    if truth:
-        print(f"\nthe planted families {truth}: the profile's groups match them at adjusted Rand index "
-              f"{results['true_groups_ari']:.2f} (1.00 = recovered exactly); the random variant's groups at "
-              f"{results['random_groups_ari']:.2f}")
-    save_json(results, path)
-    print(f"\nwrote {path} ({results['minutes']} min)")
-    return results
 
 
 if __name__ == "__main__":

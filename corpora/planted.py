@@ -17,7 +17,7 @@ What it assumes, and so what the method should find in it:
 - A *language* is its family's chain with a share DRIFT of the rows redrawn for that language alone:
   languages of a family are close, but none is a copy of another.
 - The languages' names (l0 .. l11) are shuffled over the families, so that nothing but the text says
-  which language belongs where. families.json records the truth; train.py reads it as `true_groups`.
+  which language belongs where. families.json records the truth; eval.report puts it in results.json as `true_groups`.
 Everything is drawn from numpy generators seeded with `seed`: the same seed writes the same bytes.
 Why these constants, and the worlds that did not work: docs/EXPERIMENTS.md §4.
 """
@@ -34,7 +34,7 @@ SUCCESSORS = (0.7, 0.1, 0.1, 0.1)  # the probabilities of a row's successors
 MARKERS = "red blue green black white brown gold silver pink gray stone river".split()  # a language's mark
 SENTENCE = 8                    # words per sentence; each sentence starts with its language's marker
 DRIFT = 0.05                    # share of a family's rows that each of its languages redraws
-DOCS, DOC_WORDS = 400, 100      # documents per language and words per document (~40k tokens a language)
+DOCS, DOC_WORDS = 400, 100      # documents per language and words per document (~50k tokens a language)
 
 
 @functools.lru_cache(maxsize=None)
@@ -54,6 +54,7 @@ def words(n=N_WORDS):
 
 def world(seed=0):
     """{lang: (V, V) transition matrix} and the true families [[lang, ...], ...]."""
+    assert FAMILIES * PER_FAMILY <= len(MARKERS), "one MARKER per language"
     rng = np.random.default_rng(seed)
     V = N_WORDS
 

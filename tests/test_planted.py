@@ -8,6 +8,7 @@ import group
 import tokenizer
 import train
 from corpora import planted
+import eval as evaluate_module
 from eval import evaluate, summarize
 from model import load_checkpoint, model_from_checkpoint
 
@@ -19,7 +20,7 @@ def test_the_world_is_deterministic_and_planted(tmp_path):
     for name in ["l0.jsonl", "l11.jsonl", "families.json"]:
         assert open(f"{a}/{name}").read() == open(f"{b}/{name}").read(), name
     chains, families = planted.world(3)
-    assert train.true_groups(a) == families and sorted(l for f in families for l in f) == sorted(chains)
+    assert evaluate_module.true_groups(a) == families and sorted(l for f in families for l in f) == sorted(chains)
     assert planted.world(4)[1] != families or not np.array_equal(planted.world(4)[0]["l0"], chains["l0"])
     for lang, P in chains.items():                        # each row a distribution over SUCCESSORS words
         assert np.allclose(P.sum(1), 1) and ((P > 0).sum(1) == len(planted.SUCCESSORS)).all(), lang
@@ -58,7 +59,7 @@ def test_the_method_on_the_planted_world(tmp_path):
                       "--out", str(tmp_path / "out"), "--base_steps", "1000", "--stage1_steps", "200",
                       "--stage2_steps", "100", "--eval_windows", "4"])
     on_disk = json.load(open(tmp_path / "out" / "results.json"))
-    assert on_disk["true_groups"] == train.true_groups(data_dir) == res["true_groups"]
+    assert on_disk["true_groups"] == evaluate_module.true_groups(data_dir) == res["true_groups"]
     assert sorted(map(sorted, on_disk["groups"])) == sorted(map(sorted, on_disk["true_groups"]))
     assert on_disk["true_groups_ari"] == 1.0 and on_disk["random_groups_ari"] < 0.5
 
