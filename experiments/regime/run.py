@@ -11,8 +11,9 @@ Every point is the regime below plus its own settings. Runs of one seed share th
 and runs with the same schedule after base share cpt: a finished run offers them to the others through
 runs/regime/_shared/, and train.py skips stages it finds done. Set OMP_NUM_THREADS to run two at once
 (two 1-thread processes do about the work of one 2-thread process on a 2-core CPU); the thread count
-changes the last digits, so it is recorded.
+changes the last digits, so it is recorded. A point another queue is running is skipped.
 """
+import fcntl
 import json
 import os
 import shutil
@@ -44,6 +45,13 @@ def run(point, seed):
               "cpt": os.path.join(ROOT, "runs", "regime", "_shared", f"s{seed}",
                                   f"cpt-{settings['stage1_steps']}-{settings['stage2_steps']}-{settings['lr']}")}
     os.makedirs(os.path.join(ROOT, out), exist_ok=True)
+    with open(os.path.join(ROOT, out, ".lock"), "a+") as lock:   # train.py's run lock: another queue has it
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        except BlockingIOError:
+            print(f"[regime] {point} seed {seed}: running in another process, skipped", flush=True)
+            return
     for kind, files in SHARED.items():   # what another point of this seed trained already
         for f in files:
             src, dst = os.path.join(shared[kind], f), os.path.join(ROOT, out, f)
