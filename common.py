@@ -1,6 +1,6 @@
 """
 The few helpers that several modules share: atomic file writes, JSON results, the device and the
-process group (Env), the data identity of a checkpoint, and the text pictures of the console reports.
+process group (Env), the data identity of a checkpoint, and the checks of paths and devices.
 """
 
 import contextlib
@@ -179,8 +179,8 @@ def unwritable(path, kind="file"):
     at = nearest_existing(path if kind == "folder" else os.path.dirname(path))
     if not os.path.isdir(at):
         return f"lies under the file {at}"
-    if not os.access(path if os.path.exists(path) else at, os.W_OK):
-        return f"cannot be written (no permission in {at})"
+    if not os.access(path if kind == "folder" and os.path.exists(path) else at, os.W_OK):
+        return f"cannot be written (no permission in {at})"   # a file is replaced: its folder decides
     return None
 
 

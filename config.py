@@ -265,12 +265,13 @@ def check_profile_langs(cfg, lang_list):
         path = os.path.join(cfg["out"], name)
         if not os.path.exists(path):
             continue
+        redo = "profile" if name == "profile.json" else "group"
         try:
             with open(path) as f:
                 langs = json.load(f)["langs"]
         except (OSError, ValueError, KeyError, TypeError):
-            raise SystemExit(f"error: {path} is not a readable {name[:-5]}; delete it to profile again")
+            raise SystemExit(f"error: {path} is not a readable {name}; delete it to {redo} again")
         if langs != lang_list:
             raise SystemExit(f"error: {path} {'profiles' if name == 'profile.json' else 'groups'} "
                              f"{','.join(langs)}, not this run's {','.join(lang_list)}; pass another --out, "
-                             f"or delete it to profile again")
+                             f"or delete it to {redo} again")

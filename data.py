@@ -46,7 +46,6 @@ class Vocab:
         self.o200k_ids = [int(i) for i in o200k_ids]  # o200k id of compact id eot+1+i
         self._bytes = ([bytes([b]) for b in range(self.N_BYTES)] + [b""] + [bytes(b) for b in token_bytes]
                        + [b""] * (vocab_size - self.N_BYTES - 1 - len(token_bytes)))
-        self._lut = None  # o200k id -> compact id (-1 = byte fallback), built on first encode
 
     def decode(self, ids):
         """ids (list / np array / tensor) -> str; EOT decodes to ''. Invalid UTF-8 (only possible for

@@ -121,7 +121,7 @@ def finetune_deltas(model, data, lang, names, steps, lr, batch_size, block_size,
 def gradient_deltas(model, data, lang, names, lr, windows, block_size, device, batch_size=32, seed=0):
     """The better-conditioned estimate (docs/METHOD.md §2): the move of ONE plain gradient step with
     learning rate `lr` on a fixed sample of the language's text, Δθ = -lr * mean loss gradient over the
-    `windows` (x, y) pairs. Every window of the sample counts (no batch noise, no seed); Adam's first
+    `windows` (x, y) pairs. Every window of the sample counts (no batch noise); Adam's first
     steps instead move nearly every weight by about ±lr, the sign of a noisy gradient, which the cosine
     then mostly measures. The model is not changed; dropout (if any) draws from a generator seeded with
     `seed` alone, so that the estimate does not depend on what ran before it in the process (a resumed

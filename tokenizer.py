@@ -117,6 +117,8 @@ def _ranges(lengths):
 class Tokenizer(Vocab):
     """The compact vocabulary (data.Vocab: ids -> bytes) with what builds it from text and encodes text."""
 
+    _lut = None  # o200k id -> compact id (-1 = byte fallback), built on first encode
+
     # --- building
 
     @classmethod

@@ -21,10 +21,6 @@ SHADES = " ░▒▓█"                          # heatmap cells, low -> high
 EIGHTHS = ("", "▏", "▎", "▍", "▌", "▋", "▊", "▉")  # the partial last cell of a bar
 
 
-SHADES = " ░▒▓█"                          # heatmap cells, low -> high
-EIGHTHS = ("", "▏", "▎", "▍", "▌", "▋", "▊", "▉")  # the partial last cell of a bar
-
-
 def text_heatmap(M, rows, cols, title="", lo=None, hi=None, cell=None, bounds=()):
     """M (rows, cols) as shaded text on one lo..hi scale (default: M's min..max); NaN cells are blank.
     Column labels longer than a cell are written vertically; `bounds` = indices where a new block
@@ -166,17 +162,21 @@ def main(argv):
     if len(argv) != 1:
         raise SystemExit("usage: python analysis/console.py RUN_DIR | groups.json | profile.json")
     path = argv[0]
-    groups_path = os.path.join(path, "groups.json") if os.path.isdir(path) else path
-    if not os.path.isfile(groups_path):
-        raise SystemExit(f"error: {groups_path} not found; give a run folder, a groups.json or a profile.json")
-    with open(groups_path) as f:
-        g = json.load(f)
+    if os.path.isdir(path):   # a run folder: its groups.json, else (a run stopped before grouping) its profile
+        path = next((p for p in (os.path.join(path, n) for n in ("groups.json", "profile.json")) if os.path.isfile(p)),
+                    os.path.join(path, "groups.json"))
+    try:
+        with open(path) as f:
+            g = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {path} is not a readable groups.json or profile.json ({e.__class__.__name__}); "
+                         f"give a run folder, a groups.json or a profile.json")
     if "groups" not in g:   # a profile.json
         print(profile_summary(g))
         return
-    prof_path = os.path.join(os.path.dirname(groups_path), "profile.json")
+    prof_path = os.path.join(os.path.dirname(path), "profile.json")
     prof = json.load(open(prof_path)) if os.path.isfile(prof_path) else None
-    print(group_report(g, prof))
+    print(group_report(g, prof if prof and prof.get("langs") == g["langs"] else None))
 
 
 if __name__ == "__main__":

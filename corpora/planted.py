@@ -19,7 +19,8 @@ What it assumes, and so what the method should find in it:
 - The languages' names (l0 .. l11) are shuffled over the families, so that nothing but the text says
   which language belongs where. families.json records the truth; eval.report puts it in results.json as `true_groups`.
 Everything is drawn from numpy generators seeded with `seed`: the same seed writes the same bytes.
-Why these constants, and the worlds that did not work: docs/EXPERIMENTS.md §4.
+Why these constants, and the worlds that did not work: docs/EXPERIMENTS.md §4. After changing a constant,
+delete data_cache/*planted-<seed>: train.py refuses a cache whose text changed rather than rebuild it.
 """
 import functools
 import json

@@ -29,8 +29,15 @@ POINTS = {
     "eps0": {"eps": 0.0},                                           # every layer MoE
     "k1": {"top_k": 1},                                             # top-1 routing (no router gradient)
     "eps0_half": {"eps": 0.0, "stage1_steps": 500, "stage2_steps": 500},   # every layer, half the steps by group
+    "eps0_k9": {"eps": 0.0, "n_groups": 9},                         # pairs: at most two new languages an expert
 }
 SHARED = {"base": ("base.pt", "profile.json"), "cpt": ("cpt_stage1.pt", "cpt.pt")}
+
+
+def copy(src, dst):
+    """Copy whole or not at all: another queue may be reading dst's folder."""
+    shutil.copy(src, dst + ".tmp")
+    os.replace(dst + ".tmp", dst)
 
 
 def run(point, seed):
@@ -56,18 +63,22 @@ def run(point, seed):
         for f in files:
             src, dst = os.path.join(shared[kind], f), os.path.join(ROOT, out, f)
             if os.path.exists(src) and not os.path.exists(dst):
-                shutil.copy(src, dst)
+                copy(src, dst)
     command = "python train.py " + " ".join(args)
     print(f"[regime] {command}", flush=True)
     with open(os.path.join(ROOT, out, "train.log"), "a") as log:
         rc = subprocess.call([sys.executable, "train.py"] + args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     if rc:
-        raise SystemExit(f"error: {command} failed (exit {rc}); see {out}/train.log")
+        with open(os.path.join(ROOT, out, "train.log")) as log:
+            busy = "in use by another run" in log.read()[-2000:]
+        print(f"[regime] {point} seed {seed}: " + ("running in another process, skipped" if busy else
+              f"failed (exit {rc}); see {out}/train.log"), flush=True)
+        return not busy
     for kind, files in SHARED.items():
         os.makedirs(shared[kind], exist_ok=True)
         for f in files:
             if not os.path.exists(os.path.join(shared[kind], f)):
-                shutil.copy(os.path.join(ROOT, out, f), os.path.join(shared[kind], f))
+                copy(os.path.join(ROOT, out, f), os.path.join(shared[kind], f))
     with open(os.path.join(ROOT, out, "results.json")) as f:
         res = json.load(f)
     res["command"] = command
@@ -88,9 +99,9 @@ def main(argv):
     bad = [p for p in points if p not in POINTS]
     if bad:
         raise SystemExit(f"error: unknown point {','.join(bad)}; the points: {', '.join(POINTS)}")
-    for seed in seeds:
-        for point in points:
-            run(point, seed)
+    failed = [(p, s) for s in seeds for p in points if run(p, s)]   # a failed point does not stop the others
+    if failed:
+        raise SystemExit("error: failed: " + ", ".join(f"{p} seed {s}" for p, s in failed))
 
 
 if __name__ == "__main__":
