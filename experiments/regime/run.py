@@ -30,8 +30,12 @@ POINTS = {
     "k1": {"top_k": 1},                                             # top-1 routing (no router gradient)
     "eps0_half": {"eps": 0.0, "stage1_steps": 500, "stage2_steps": 500},   # every layer, half the steps by group
     "eps0_k9": {"eps": 0.0, "n_groups": 9},                         # pairs: at most two new languages an expert
+    "eps0_k9_center": {"eps": 0.0, "n_groups": 9, "profile_center": True},  # similarity of deviations minus their mean
 }
 SHARED = {"base": ("base.pt", "profile.json"), "cpt": ("cpt_stage1.pt", "cpt.pt")}
+BASE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "vocab_size", "batch_size", "grad_accum", "base_steps",
+             "base_lr", "sample_alpha", "profile_method", "profile_steps", "profile_lr", "profile_batch",
+             "profile_repeats", "profile_windows", "profile_center", "profile_split", "last_layers")
 
 
 def copy(src, dst):
@@ -48,9 +52,11 @@ def run(point, seed):
     settings = dict(REGIME, **POINTS[point], seed=seed)
     out = os.path.join("runs", "regime", point, f"s{seed}")
     args = [a for k, v in settings.items() for a in (f"--{k}", str(v))] + ["--out", out]
-    shared = {"base": os.path.join(ROOT, "runs", "regime", "_shared", f"s{seed}"),
-              "cpt": os.path.join(ROOT, "runs", "regime", "_shared", f"s{seed}",
-                                  f"cpt-{settings['stage1_steps']}-{settings['stage2_steps']}-{settings['lr']}")}
+    # what the shared stages depend on names their folder: a point that changes the base or the profile
+    # (a BASE_KEYS setting) gets its own, one that changes the schedule after base its own cpt
+    base = os.path.join(ROOT, "runs", "regime", "_shared", f"s{seed}" + "".join(
+        f"-{k}={settings[k]}" for k in BASE_KEYS if k in settings and k not in REGIME))
+    shared = {"base": base, "cpt": os.path.join(base, f"cpt-{settings['stage1_steps']}-{settings['stage2_steps']}-{settings['lr']}")}
     os.makedirs(os.path.join(ROOT, out), exist_ok=True)
     with open(os.path.join(ROOT, out, ".lock"), "a+") as lock:   # train.py's run lock: another queue has it
         try:
