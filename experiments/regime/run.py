@@ -7,9 +7,9 @@ finished run and `python experiments/regime/table.py` redraws the table from the
     python experiments/regime/run.py eps0,eps0_half 0,1,2   # several, one after the other; done ones skipped
     python experiments/regime/run.py --list
 
-Every point is the regime below plus its own settings. Runs of one seed share the dense base and profile,
-and runs with the same schedule after base share cpt: a finished run offers them to the others through
-runs/regime/_shared/, and train.py skips stages it finds done. Set OMP_NUM_THREADS to run two at once
+Every point is the regime below plus its own settings. Runs of one seed share the dense base, runs that
+also profile alike share the profile, and runs with the same schedule after base share cpt: a finished
+run offers them to the others through runs/regime/_shared/, and train.py skips stages it finds done. Set OMP_NUM_THREADS to run two at once
 (two 1-thread processes do about the work of one 2-thread process on a 2-core CPU); the thread count
 changes the last digits, so it is recorded. A point another queue is running is skipped.
 """
@@ -32,10 +32,11 @@ POINTS = {
     "eps0_k9": {"eps": 0.0, "n_groups": 9},                         # pairs: at most two new languages an expert
     "eps0_k9_center": {"eps": 0.0, "n_groups": 9, "profile_center": True},  # similarity of deviations minus their mean
 }
-SHARED = {"base": ("base.pt", "profile.json"), "cpt": ("cpt_stage1.pt", "cpt.pt")}
+SHARED = {"base": ("base.pt",), "profile": ("profile.json",), "cpt": ("cpt_stage1.pt", "cpt.pt")}
 BASE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "vocab_size", "batch_size", "grad_accum", "base_steps",
-             "base_lr", "sample_alpha", "profile_method", "profile_steps", "profile_lr", "profile_batch",
-             "profile_repeats", "profile_windows", "profile_center", "profile_split", "last_layers")
+             "base_lr", "sample_alpha")
+PROFILE_KEYS = ("profile_method", "profile_steps", "profile_lr", "profile_batch", "profile_repeats", "profile_windows",
+                "profile_center", "profile_split", "last_layers")
 
 
 def copy(src, dst):
@@ -52,11 +53,12 @@ def run(point, seed):
     settings = dict(REGIME, **POINTS[point], seed=seed)
     out = os.path.join("runs", "regime", point, f"s{seed}")
     args = [a for k, v in settings.items() for a in (f"--{k}", str(v))] + ["--out", out]
-    # what the shared stages depend on names their folder: a point that changes the base or the profile
-    # (a BASE_KEYS setting) gets its own, one that changes the schedule after base its own cpt
-    base = os.path.join(ROOT, "runs", "regime", "_shared", f"s{seed}" + "".join(
-        f"-{k}={settings[k]}" for k in BASE_KEYS if k in settings and k not in REGIME))
-    shared = {"base": base, "cpt": os.path.join(base, f"cpt-{settings['stage1_steps']}-{settings['stage2_steps']}-{settings['lr']}")}
+    # what a shared stage depends on names its folder: a point that changes the base (BASE_KEYS) gets its
+    # own base, one that changes the profile its own profile, one that changes the schedule its own cpt
+    tag = lambda keys: "".join(f"-{k}={settings[k]}" for k in keys if k in settings and k not in REGIME)
+    base = os.path.join(ROOT, "runs", "regime", "_shared", f"s{seed}{tag(BASE_KEYS)}")
+    shared = {"base": base, "profile": os.path.join(base, f"profile{tag(PROFILE_KEYS)}"),
+              "cpt": os.path.join(base, f"cpt-{settings['stage1_steps']}-{settings['stage2_steps']}-{settings['lr']}")}
     os.makedirs(os.path.join(ROOT, out), exist_ok=True)
     with open(os.path.join(ROOT, out, ".lock"), "a+") as lock:   # train.py's run lock: another queue has it
         try:
