@@ -9,9 +9,10 @@ finished run and `python experiments/regime/table.py` redraws the table from the
 
 Every point is the regime below plus its own settings. Runs of one seed share the dense base, runs that
 also profile alike share the profile, and runs with the same schedule after base share cpt: a finished
-run offers them to the others through runs/regime/_shared/, and train.py skips stages it finds done. Set OMP_NUM_THREADS to run two at once
-(two 1-thread processes do about the work of one 2-thread process on a 2-core CPU); the thread count
-changes the last digits, so it is recorded. A point another queue is running is skipped.
+run offers them to the others through runs/regime/_shared/, and train.py skips stages it finds done.
+Set OMP_NUM_THREADS=1 to run two queues at once (two 1-thread processes do about the work of one 2-thread
+process on a 2-core CPU); the thread count changes the last digits, so it is recorded. A point another
+queue is running is skipped.
 """
 import fcntl
 import json
