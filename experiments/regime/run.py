@@ -32,6 +32,7 @@ POINTS = {
     "eps0_half": {"eps": 0.0, "stage1_steps": 500, "stage2_steps": 500},   # every layer, half the steps by group
     "eps0_k9": {"eps": 0.0, "n_groups": 9},                         # pairs: at most two new languages an expert
     "eps0_k9_center": {"eps": 0.0, "n_groups": 9, "profile_center": True},  # similarity of deviations minus their mean
+    "eps0_center": {"eps": 0.0, "profile_center": True},            # 6 groups, centred similarity
 }
 SHARED = {"base": ("base.pt",), "profile": ("profile.json",), "cpt": ("cpt_stage1.pt", "cpt.pt")}
 BASE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "vocab_size", "batch_size", "grad_accum", "base_steps",
