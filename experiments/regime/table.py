@@ -8,6 +8,8 @@ the learned router and forced to the group's expert, and the two gains the issue
     grouping gain  (random - dmoe) / random    similarity groups against random groups of the same sizes
 
     python experiments/regime/table.py          # the table, from the JSON files alone
+    python experiments/regime/table.py --map    # + every seed of every point on the (MoE gain, grouping gain)
+                                                #   plane, as text (experiments/regime/map.txt is this output)
 """
 import glob
 import json
@@ -22,6 +24,29 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 from eval import summarize  # noqa: E402
 
 
+def text_map(dots, width=64, height=21):
+    """Every (x = MoE gain, y = grouping gain, mark) on a character grid; the target corner is x >= 3, y >= 1."""
+    xs, ys = [d[0] for d in dots] + [0, 3], [d[1] for d in dots] + [0, 1]
+    x0, x1, y0, y1 = min(xs) - 0.5, max(xs) + 0.5, min(ys) - 0.5, max(ys) + 0.5
+    col = lambda x: round((x - x0) / (x1 - x0) * (width - 1))
+    row = lambda y: round((y1 - y) / (y1 - y0) * (height - 1))
+    grid = [[" "] * width for _ in range(height)]
+    for r in range(height):
+        for c in range(width):
+            if c >= col(3) and r <= row(1):
+                grid[r][c] = "."                                   # the issue's target: >= 3% and >= 1%
+    for c in range(width):
+        grid[row(0)][c] = "-"
+    for r in range(height):
+        grid[r][col(0)] = "|"
+    for x, y, mark in dots:
+        grid[row(y)][col(x)] = mark
+    lines = [f"grouping gain (learned) from {y0:+.1f}% (bottom) to {y1:+.1f}% (top); '.' = the target (MoE >= 3%, grouping >= 1%)"]
+    lines += ["".join(r) for r in grid]
+    lines.append(f"MoE gain from {x0:+.1f}% (left) to {x1:+.1f}% (right); | and - are 0")
+    return lines
+
+
 def main():
     points = {}
     for path in sorted(glob.glob(os.path.join(HERE, "*_s[0-9]*.json"))):
@@ -30,6 +55,7 @@ def main():
             points.setdefault(point, {})[int(seed)] = json.load(f)
     print(f"{'point':<10} {'seeds':<7} {'cpt':>6} {'dmoe':>6} {'random':>6} {'MoE gain':>14} {'group gain':>14} "
           f"{'forced gain':>14} {'new-lang group gain':>20}")
+    seeds_xy = {}
     for point, runs in points.items():
         def ppl(res, kind, v, part=None):
             if part:
@@ -42,11 +68,20 @@ def main():
             nd, nr = (ppl(res, "variants", v, "new") for v in ("dmoe", "random"))
             for k, x in zip(rows, (c, d, r, 100 * (c - d) / c, 100 * (r - d) / r, 100 * (fr - fd) / fr, 100 * (nr - nd) / nr)):
                 rows[k].append(x)
+        seeds_xy[point] = list(zip(rows["moe"], rows["grp"]))
         pm = lambda xs: f"{np.mean(xs):+.2f}% ± {np.std(xs, ddof=1):.2f}" if len(xs) > 1 else f"{xs[0]:+.2f}%"
         print(f"{point:<10} {','.join(map(str, runs)):<7} {np.mean(rows['cpt']):6.2f} {np.mean(rows['dmoe']):6.2f} "
               f"{np.mean(rows['random']):6.2f} {pm(rows['moe']):>14} {pm(rows['grp']):>14} {pm(rows['fgrp']):>14} "
               f"{pm(rows['new']):>20}")
     print("gains: positive = dmoe better; learned routing unless 'forced'; new-lang: the 8 languages the base never saw")
+    if "--map" in sys.argv[1:]:
+        marks = "ABCDEFGHJKLMNPQRSTUVWXYZ"
+        dots, legend = [], []
+        for mark, (point, xy) in zip(marks, seeds_xy.items()):
+            dots += [(x, y, mark) for x, y in xy]
+            legend.append(f"{mark} {point} ({len(xy)} seed{'s' * (len(xy) > 1)})")
+        print()
+        print("\n".join(text_map(dots) + ["", "   ".join(legend)]))
 
 
 if __name__ == "__main__":
