@@ -33,9 +33,14 @@ POINTS = {
     "eps0_k9": {"eps": 0.0, "n_groups": 9},                         # pairs: at most two new languages an expert
     "eps0_k9_center": {"eps": 0.0, "n_groups": 9, "profile_center": True},  # similarity of deviations minus their mean
     "eps0_center": {"eps": 0.0, "profile_center": True},            # 6 groups, centred similarity
+    # the map's axes around eps0 (issue 18): how many languages the base saw, and the budget after base
+    "eps0_all18": {"eps": 0.0, "base_langs": "all"},                 # the base sees all 18
+    "eps0_base5": {"eps": 0.0, "base_langs": "ar,fr,hi,vi,zh"},      # the base sees 5 (13 new)
+    "eps0_after05": {"eps": 0.0, "stage1_steps": 50, "stage2_steps": 450},     # half the steps after base
+    "eps0_after2": {"eps": 0.0, "stage1_steps": 200, "stage2_steps": 1800},    # twice the steps after base
 }
 SHARED = {"base": ("base.pt",), "profile": ("profile.json",), "cpt": ("cpt_stage1.pt", "cpt.pt")}
-BASE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "vocab_size", "batch_size", "grad_accum", "base_steps",
+BASE_KEYS = ("base_langs", "n_layer", "n_head", "n_embd", "block_size", "dropout", "vocab_size", "batch_size", "grad_accum", "base_steps",
              "base_lr", "sample_alpha")
 PROFILE_KEYS = ("profile_method", "profile_steps", "profile_lr", "profile_batch", "profile_repeats", "profile_windows",
                 "profile_center", "profile_split", "last_layers")
@@ -57,7 +62,7 @@ def run(point, seed):
     args = [a for k, v in settings.items() for a in (f"--{k}", str(v))] + ["--out", out]
     # what a shared stage depends on names its folder: a point that changes the base (BASE_KEYS) gets its
     # own base, one that changes the profile its own profile, one that changes the schedule its own cpt
-    tag = lambda keys: "".join(f"-{k}={settings[k]}" for k in keys if k in settings and k not in REGIME)
+    tag = lambda keys: "".join(f"-{k}={settings[k]}" for k in keys if k in settings and settings[k] != REGIME.get(k))
     base = os.path.join(ROOT, "runs", "regime", "_shared", f"s{seed}{tag(BASE_KEYS)}")
     shared = {"base": base, "profile": os.path.join(base, f"profile{tag(PROFILE_KEYS)}"),
               "cpt": os.path.join(base, f"cpt-{settings['stage1_steps']}-{settings['stage2_steps']}-{settings['lr']}")}
