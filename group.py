@@ -27,7 +27,7 @@ import numpy as np
 from common import normalized, save_json, unwritable
 
 METHODS = ("agglomerative", "minmax", "seed", "random")
-RUN_DEFAULTS = {"n_groups": 6, "group_method": "agglomerative", "eps": 0.6, "seed": 0}   # train.py's (a test checks)
+RUN_DEFAULTS = {"n_groups": 9, "group_method": "agglomerative", "eps": 0.0, "seed": 0}   # train.py's (a test checks)
 
 # -----------------------------------------------------------------------------
 # similarity

@@ -32,14 +32,14 @@ AXES = {
     # the share of the budget after base (stage 1 + stage 2 steps, the base unchanged)
     "after_base": [("x0.2", {"stage1_steps": 0.2, "stage2_steps": 0.2}), ("x0.5", {"stage1_steps": 0.5, "stage2_steps": 0.5}),
                    ("x1", {})],
-    # the languages the base is pretrained on: all 18 (today's default), BLOOM's 10 (auto), 5 of those
-    "base_langs": [("18", {}), ("10", {"base_langs": "auto"}), ("5", {"base_langs": "ar,fr,hi,vi,zh"})],
-    # the MoE layers: the eps rule's choice (default), the top layer only, every layer
-    "moe_layers": [("eps0.6", {}), ("eps1", {"eps": 1.0}), ("all", {"eps": 0.0})],
+    # the languages the base is pretrained on: all 18, BLOOM's 10 (auto, the default), 5 of those
+    "base_langs": [("18", {"base_langs": "all"}), ("10", {}), ("5", {"base_langs": "ar,fr,hi,vi,zh"})],
+    # the MoE layers: the paper's eps rule, the top layer only, every layer (the default)
+    "moe_layers": [("eps0.6", {"eps": 0.6}), ("eps1", {"eps": 1.0}), ("all", {})],
     "stage1": [("10%", {}), ("50%", {"stage1_steps": 0.5}), ("100%", {"stage1_steps": 1.0})],
     "top_k": [("k1", {"top_k": 1}), ("k2", {})],
     "width": [("d32", {"n_embd": 32, "n_head": 1}), ("d64", {}), ("d128", {"n_embd": 128, "n_head": 4})],
-    "groups": [("k3", {"n_groups": 3}), ("k6", {}), ("k9", {"n_groups": 9})],
+    "groups": [("k3", {"n_groups": 3}), ("k6", {"n_groups": 6}), ("k9", {})],
 }
 # what the dense base depends on: points equal in these share it
 BASE_KEYS = ("base_langs", "n_layer", "n_head", "n_embd", "block_size", "dropout", "vocab_size", "batch_size", "grad_accum",
