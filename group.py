@@ -235,7 +235,7 @@ def select_layers(dev_per_layer, eps=0.6):
     """Dynamic layer selection. D^_l = (D_l - min D)/(max D - min D); layer l becomes an MoE layer iff
     D^_l >= eps. Since the largest layer always has D^ = 1 and the smallest D^ = 0, an ordinary
     eps in (0, 1] picks at least one layer and never all of them. Documented edge cases:
-      - eps <= 0: every layer (an explicit request: the all-layer MoE baseline);
+      - eps <= 0: every layer (train.py's default, and the all_layers baseline);
       - eps > 1 would select nothing: the single largest layer is used instead;
       - degenerate D (one layer, or max - min <= 1e-12 * max|D|, e.g. all zeros): the ranking
         carries no information, so take the top half, ceil(L/2) layers by D, ties going to the

@@ -74,7 +74,7 @@ last_layers = 2              # deviation vector = FFN deltas of the last N layer
 n_groups = 9                 # experts per MoE layer = number of language groups (9 of 2: docs/METHOD.md §4)
 group_method = "agglomerative"  # agglomerative | minmax | seed
 eps = 0.0                    # a layer becomes MoE iff its normalised mean FFN deviation >= eps; 0 = every
-                             # layer (the paper's 0.6 picks one of 4 here: docs/METHOD.md §4)
+                             # layer (the paper's 0.6 picks one of 4 here: docs/METHOD.md §3)
 # after base: every variant gets stage1_steps + stage2_steps optimizer steps of the same batches
 stage1_steps = 100           # routing by language group + router cross-entropy (docs/METHOD.md §6)
 stage2_steps = 900           # learned top-k routing + load balancing
@@ -432,7 +432,7 @@ def main(argv):
     prof = profile(cfg, env, base, dataset, lang_list)
 
     # 4. group (§3-4): languages whose deviations point the same way share a group, one expert per
-    #    group; the layers whose FFN moves most become MoE layers
+    #    group; the layers whose FFN moves most become MoE layers (the default eps 0: every layer)
     grp = group.make_groups(prof, cfg["n_groups"], cfg["group_method"], cfg["eps"], seed=cfg["seed"])
     groups, moe_layers = grp["groups"], grp["moe_layers"]
     if env.master:

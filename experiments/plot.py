@@ -1,7 +1,7 @@
 """
 The sweep's table and plot, redrawn from experiments/sweep/<axis>.json without retraining.
 
-    python experiments/plot.py                      # the markdown table (README) for every axis swept
+    python experiments/plot.py                      # the markdown table (docs/EXPERIMENTS.md §7), every axis swept
     python experiments/plot.py --png experiments/sweep/grouping_gain.png   # + the plot (needs matplotlib)
 
 Grouping gain = (random - dmoe) / random average perplexity, in %: positive when the similarity groups

@@ -1,7 +1,9 @@
 """
 Where does grouping matter? Runs train.py over one axis at a time around the default, 3 seeds per point,
-and keeps the averages in experiments/sweep/<axis>.json, so that the README's table and the plot
-(experiments/plot.py) can be redrawn without retraining.
+and keeps the averages in experiments/sweep/<axis>.json, so that docs/EXPERIMENTS.md §7's table and the
+plot (experiments/plot.py) can be redrawn without retraining. The axes are relative to train.py's
+defaults; experiments/sweep/top_k.json was measured around the first default (a base on all 18, 20 + 180
+steps), so move it aside before sweeping top_k around today's.
 
     python experiments/sweep.py width                 # every point of one axis, seeds 0 1 2
     python experiments/sweep.py width --seeds 0       # fewer seeds

@@ -9,7 +9,7 @@ the learned router and forced to the group's expert, and the two gains the issue
 
     python experiments/regime/table.py          # the table, from the JSON files alone
     python experiments/regime/table.py --map    # + every seed of every point on the (MoE gain, grouping gain)
-                                                #   plane, as text (experiments/regime/map.txt is this output)
+                                                #   plane, as text (docs/EXPERIMENTS.md §5 shows it)
 """
 import glob
 import json
