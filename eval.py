@@ -153,7 +153,8 @@ def fmt_params(n):
 def _pct(v, base):
     if base is None or v is None or not base or math.isnan(base) or math.isnan(v):
         return "-"
-    return f"{100.0 * (v - base) / base:+.1f}%"
+    pct = 100.0 * (v - base) / base
+    return f"{pct:+.1f}%" if abs(pct) < 1e4 else f"{pct:+.0e}%"   # a base that never saw a language: +1e+05%
 
 
 def compare_table(results_by_variant, baseline="cpt", params=None, width=120):
