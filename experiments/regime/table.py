@@ -53,13 +53,13 @@ def main():
         point, seed = re.fullmatch(r"(.+)_s(\d+)\.json", os.path.basename(path)).groups()
         with open(path) as f:
             points.setdefault(point, {})[int(seed)] = json.load(f)
-    print(f"{'point':<10} {'seeds':<7} {'cpt':>6} {'dmoe':>6} {'random':>6} {'MoE gain':>14} {'group gain':>14} "
+    print(f"{'point':<14} {'seeds':<7} {'cpt':>6} {'dmoe':>6} {'random':>6} {'MoE gain':>14} {'group gain':>14} "
           f"{'forced gain':>14} {'new-lang group gain':>20}")
     seeds_xy = {}
     for point, runs in points.items():
         def ppl(res, kind, v, part=None):
-            if part:
-                return res["by_langs"][part][kind][v]
+            if part:   # a base of every language has no new ones
+                return res.get("by_langs", {}).get(part, {}).get(kind, {}).get(v, float("nan"))
             return summarize(res[kind][v])["ppl"]
         rows = {k: [] for k in ("cpt", "dmoe", "random", "moe", "grp", "fgrp", "new")}
         for res in runs.values():
@@ -69,8 +69,9 @@ def main():
             for k, x in zip(rows, (c, d, r, 100 * (c - d) / c, 100 * (r - d) / r, 100 * (fr - fd) / fr, 100 * (nr - nd) / nr)):
                 rows[k].append(x)
         seeds_xy[point] = list(zip(rows["moe"], rows["grp"]))
-        pm = lambda xs: f"{np.mean(xs):+.2f}% ± {np.std(xs, ddof=1):.2f}" if len(xs) > 1 else f"{xs[0]:+.2f}%"
-        print(f"{point:<10} {','.join(map(str, runs)):<7} {np.mean(rows['cpt']):6.2f} {np.mean(rows['dmoe']):6.2f} "
+        pm = lambda xs: ("–" if np.isnan(xs).any() else f"{np.mean(xs):+.2f}% ± {np.std(xs, ddof=1):.2f}"
+                         if len(xs) > 1 else f"{xs[0]:+.2f}%")
+        print(f"{point:<14} {','.join(map(str, runs)):<7} {np.mean(rows['cpt']):6.2f} {np.mean(rows['dmoe']):6.2f} "
               f"{np.mean(rows['random']):6.2f} {pm(rows['moe']):>14} {pm(rows['grp']):>14} {pm(rows['fgrp']):>14} "
               f"{pm(rows['new']):>20}")
     print("gains: positive = dmoe better; learned routing unless 'forced'; new-lang: the 8 languages the base never saw")
