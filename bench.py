@@ -1,9 +1,10 @@
 """
 Benchmarks, measured in this one run (ratios are only meaningful within a run, on one machine):
   1. the MoE layer, forward + backward, top-2 learned routing: the naive Python loop over experts vs the
-     fused dispatch (padded-bmm fallback, and grouped_mm where available), same weights, E = 2, 6, 16;
-  2. training throughput (forward + backward + AdamW step) of the default-size model: dense vs MoE in
-     2 of 4 layers with 6 experts, under learned top-2 routing and under group routing.
+     fused dispatch (padded-bmm fallback, and grouped_mm where available), same weights, E = 2, 9, 16;
+  2. training throughput (forward + backward + AdamW step) of the default-size model (train.py's: d = 64,
+     4 layers, block 128, batch 16): dense vs MoE in every layer with 9 experts, under learned top-2
+     routing and under group routing.
 
     python bench.py                                      # CPU fp32, ~1 minute on 2 idle cores
     python bench.py --threads 1                          # steadier numbers on a shared machine
@@ -24,15 +25,15 @@ ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cp
 ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="bf16 = autocast")
 ap.add_argument("--compile", action="store_true", help="torch.compile(dynamic=False) layer and model")
 ap.add_argument("--tokens", type=int, default=2048, help="tokens per MoE-layer call (part 1)")
-ap.add_argument("--experts", default="2,6,16", help="expert counts for part 1")
-ap.add_argument("--n_embd", type=int, default=256, help="model width (both parts)")
+ap.add_argument("--experts", default="2,9,16", help="expert counts for part 1")
+ap.add_argument("--n_embd", type=int, default=64, help="model width (both parts)")
 ap.add_argument("--n_layer", type=int, default=4)
-ap.add_argument("--n_head", type=int, default=4)
+ap.add_argument("--n_head", type=int, default=2)
 ap.add_argument("--vocab_size", type=int, default=8192)
-ap.add_argument("--block_size", type=int, default=256)
-ap.add_argument("--batch_size", type=int, default=8, help="sequences per training step (part 2)")
-ap.add_argument("--moe_layers", default="0,3", help="MoE layers of the part-2 MoE model")
-ap.add_argument("--moe_experts", type=int, default=6, help="experts of the part-2 MoE model")
+ap.add_argument("--block_size", type=int, default=128)
+ap.add_argument("--batch_size", type=int, default=16, help="sequences per training step (part 2)")
+ap.add_argument("--moe_layers", default="0,1,2,3", help="MoE layers of the part-2 MoE model")
+ap.add_argument("--moe_experts", type=int, default=9, help="experts of the part-2 MoE model")
 ap.add_argument("--iters", type=int, default=5, help="timed iterations per measurement (after warmup)")
 ap.add_argument("--skip", default="", help="'layer' or 'model' to skip a part")
 ap.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
