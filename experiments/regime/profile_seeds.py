@@ -19,9 +19,8 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+from config import BLOOM_LANGS  # noqa: E402  (the base's languages under --base_langs auto)
 from group import adjusted_rand_index, cosine_similarity, group_languages  # noqa: E402
-
-NEW = set("de it ja ko nl ru th uk".split())
 
 
 def main(folder):
@@ -36,7 +35,7 @@ def main(folder):
                     V = np.load(os.path.join(folder, f"v_s{s}_w{w}.npy"))
                     groups[s] = group_languages(cosine_similarity(V - V.mean(0) if center else V), langs, k)[0]
                 ari = [adjusted_rand_index(groups[a], groups[b]) for a, b in itertools.combinations(groups, 2)]
-                all_new = [sum(set(g) <= NEW for g in G) for G in groups.values()]
+                all_new = [sum(not set(g) & set(BLOOM_LANGS) for g in G) for G in groups.values()]
                 out.append({"windows": w, "center": center, "k": k, "seed_ari": [round(a, 3) for a in ari],
                             "all_new_groups": all_new, "groups": groups})
                 print(f"windows {w:3d} center {center!s:5} k {k}: seed ARI {' '.join(f'{a:.2f}' for a in ari)}"
