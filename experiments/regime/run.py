@@ -41,6 +41,7 @@ POINTS = {
     "k9_base5": {"eps": 0.0, "n_groups": 9, "base_langs": "ar,fr,hi,vi,zh"},   # the base sees 5 (13 new)
     "k9_after05": {"eps": 0.0, "n_groups": 9, "stage1_steps": 50, "stage2_steps": 450},    # half the steps
     "k9_after2": {"eps": 0.0, "n_groups": 9, "stage1_steps": 200, "stage2_steps": 1800},   # twice the steps
+    "k9_s1half": {"eps": 0.0, "n_groups": 9, "stage1_steps": 500, "stage2_steps": 500},    # stage 1 takes half
 }
 SHARED = {"base": ("base.pt",), "profile": ("profile.json",), "cpt": ("cpt_stage1.pt", "cpt.pt")}
 BASE_KEYS = ("base_langs", "n_layer", "n_head", "n_embd", "block_size", "dropout", "vocab_size", "batch_size", "grad_accum", "base_steps",
