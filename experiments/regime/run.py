@@ -42,6 +42,8 @@ POINTS = {
     "k9_after05": {"eps": 0.0, "n_groups": 9, "stage1_steps": 50, "stage2_steps": 450},    # half the steps
     "k9_after2": {"eps": 0.0, "n_groups": 9, "stage1_steps": 200, "stage2_steps": 1800},   # twice the steps
     "k9_s1half": {"eps": 0.0, "n_groups": 9, "stage1_steps": 500, "stage2_steps": 500},    # stage 1 takes half
+    # stage 2 without the load-balancing loss, as the authors' runs effectively had (their loss was constant)
+    "k9_nobal": {"eps": 0.0, "n_groups": 9, "balance_coef": 0.0},
 }
 SHARED = {"base": ("base.pt",), "profile": ("profile.json",), "cpt": ("cpt_stage1.pt", "cpt.pt")}
 BASE_KEYS = ("base_langs", "n_layer", "n_head", "n_embd", "block_size", "dropout", "vocab_size", "batch_size", "grad_accum", "base_steps",
