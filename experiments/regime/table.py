@@ -10,6 +10,8 @@ the learned router and forced to the group's expert, and the two gains the issue
     python experiments/regime/table.py          # the table, from the JSON files alone
     python experiments/regime/table.py --map    # + every seed of every point on the (MoE gain, grouping gain)
                                                 #   plane, as text (docs/EXPERIMENTS.md §5 shows it)
+    python experiments/regime/table.py --png experiments/regime/map.png   # the same plane, learned and
+                                                #   forced routing, as a picture (needs matplotlib)
 """
 import glob
 import json
@@ -47,6 +49,34 @@ def text_map(dots, width=64, height=21):
     return lines
 
 
+def png_map(seeds_xyf, path):
+    """Two panels, MoE gain (x) against the grouping gain under the learned router and forced to the group
+    expert (y): every seed a small dot, every point's mean a labelled marker, the target corner shaded."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, col, title in ((axes[0], 1, "learned routing"), (axes[1], 2, "forced to the group's expert")):
+        for i, (point, xyf) in enumerate(seeds_xyf.items()):
+            x, y = np.array([t[0] for t in xyf]), np.array([t[col] for t in xyf])
+            c = plt.cm.tab20(i % 20)
+            ax.scatter(x, y, s=12, color=c, alpha=0.6)
+            ax.scatter([x.mean()], [y.mean()], s=60, color=c, edgecolor="k", zorder=3)
+            ax.annotate(f"{point} ({len(x)})", (x.mean(), y.mean()), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.axvline(0, color="grey", lw=0.5)
+        if col == 1:
+            ax.fill_between([3, ax.get_xlim()[1]], 1, max(1.5, ax.get_ylim()[1]), color="green", alpha=0.1,
+                            label="target: MoE gain >= 3%, grouping gain >= 1%")
+            ax.legend(loc="lower right", fontsize=7)
+        ax.set(xlabel="MoE gain (cpt - dmoe) / cpt, %", ylabel="grouping gain (random - dmoe) / random, %",
+               title=f"grouping gain, {title}")
+    fig.suptitle("The paper's situation: every point's seeds (dots) and mean (labelled; seeds in brackets)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
 def main():
     points = {}
     for path in sorted(glob.glob(os.path.join(HERE, "*_s[0-9]*.json"))):
@@ -68,7 +98,7 @@ def main():
             nd, nr = (ppl(res, "variants", v, "new") for v in ("dmoe", "random"))
             for k, x in zip(rows, (c, d, r, 100 * (c - d) / c, 100 * (r - d) / r, 100 * (fr - fd) / fr, 100 * (nr - nd) / nr)):
                 rows[k].append(x)
-        seeds_xy[point] = list(zip(rows["moe"], rows["grp"]))
+        seeds_xy[point] = list(zip(rows["moe"], rows["grp"], rows["fgrp"]))
         pm = lambda xs: ("–" if np.isnan(xs).any() else f"{np.mean(xs):+.2f}% ± {np.std(xs, ddof=1):.2f}"
                          if len(xs) > 1 else f"{xs[0]:+.2f}%")
         print(f"{point:<14} {','.join(map(str, runs)):<7} {np.mean(rows['cpt']):6.2f} {np.mean(rows['dmoe']):6.2f} "
@@ -79,10 +109,15 @@ def main():
         marks = "ABCDEFGHJKLMNPQRSTUVWXYZ"
         dots, legend = [], []
         for mark, (point, xy) in zip(marks, seeds_xy.items()):
-            dots += [(x, y, mark) for x, y in xy]
+            dots += [(x, y, mark) for x, y, _ in xy]
             legend.append(f"{mark} {point} ({len(xy)} seed{'s' * (len(xy) > 1)})")
         print()
         print("\n".join(text_map(dots) + ["", "   ".join(legend)]))
+    if "--png" in sys.argv[1:]:
+        i = sys.argv.index("--png")
+        if i + 1 >= len(sys.argv):
+            raise SystemExit("error: --png needs a file name, e.g. --png experiments/regime/map.png")
+        png_map(seeds_xy, sys.argv[i + 1])
 
 
 if __name__ == "__main__":
