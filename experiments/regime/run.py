@@ -44,6 +44,9 @@ POINTS = {
     "k9_s1half": {"eps": 0.0, "n_groups": 9, "stage1_steps": 500, "stage2_steps": 500},    # stage 1 takes half
     # stage 2 without the load-balancing loss, as the authors' runs effectively had (their loss was constant)
     "k9_nobal": {"eps": 0.0, "n_groups": 9, "balance_coef": 0.0},
+    # stage 2 keeps a share of stage 1's router loss: a pull toward the group's expert (not the paper's)
+    "k9_prior03": {"eps": 0.0, "n_groups": 9, "router_alpha2": 0.3},
+    "k9_prior": {"eps": 0.0, "n_groups": 9, "router_alpha2": 1.28},
 }
 SHARED = {"base": ("base.pt",), "profile": ("profile.json",), "cpt": ("cpt_stage1.pt", "cpt.pt")}
 BASE_KEYS = ("base_langs", "n_layer", "n_head", "n_embd", "block_size", "dropout", "vocab_size", "batch_size", "grad_accum", "base_steps",
