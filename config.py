@@ -96,7 +96,7 @@ def check_settings(cfg, known_variants, pipeline=True):
     need(cfg["stage1_steps"] + cfg["stage2_steps"] >= 1, "--stage1_steps + --stage2_steps must be at least 1")
     for k in ("base_lr", "lr", "profile_lr"):
         need(math.isfinite(cfg[k]) and cfg[k] > 0, f"--{k} must be a positive number, got {cfg[k]}")
-    for k in ("weight_decay", "grad_clip", "sample_alpha", "router_alpha", "balance_coef", "z_coef"):
+    for k in ("weight_decay", "grad_clip", "sample_alpha", "router_alpha", "router_alpha2", "balance_coef", "z_coef"):
         need(math.isfinite(cfg[k]) and cfg[k] >= 0, f"--{k} must be 0 or more, got {cfg[k]}")
     for k in ("dropout", "beta1", "beta2", "warmup_frac"):
         need(0 <= cfg[k] < 1, f"--{k} must be in [0, 1), got {cfg[k]}")

@@ -81,6 +81,7 @@ stage2_steps = 900           # learned top-k routing + load balancing
 lr = 2e-3                    # peak lr after base, all variants alike
 top_k = 2                    # experts per token in stage 2; 1 leaves the router no gradient (docs/METHOD.md §6)
 router_alpha = 1.28          # weight of the router cross-entropy in stage 1 (the paper's)
+router_alpha2 = 0.0          # the same in stage 2, a pull toward the group's expert (0: the paper's)
 balance_coef = 0.02          # Switch load-balancing loss weight in stage 2 (the paper's)
 z_coef = 0.0                 # router z-loss weight
 variants = "cpt,dmoe,random"  # + all_layers (every FFN upcycled; the same as dmoe when eps = 0)
@@ -470,8 +471,10 @@ def main(argv):
             f"{name}_stage1", cfg["stage1_steps"], cfg["lr"], "stage1", routing="group",
             lang_to_expert=lang_to_expert, router_coef=cfg["router_alpha"], meta=meta), moe, adam)
         # stage 2 (§6): the router decides (top-k of its softmax): loss = LM + balance_coef * load balance
+        # (+ router_alpha2 * the stage-1 router loss, when set)
         train_stage(cfg, env, dataset, Stage(
             name, cfg["stage2_steps"], cfg["lr"], "stage2", routing="learned",
+            lang_to_expert=lang_to_expert if cfg["router_alpha2"] else None, router_coef=cfg["router_alpha2"],
             balance_coef=cfg["balance_coef"], z_coef=cfg["z_coef"], meta=meta), moe, adam)
     env.barrier()
 
