@@ -110,7 +110,6 @@ def check_settings(cfg, known_variants, pipeline=True):
     need(cfg["vocab_size"] <= data.MAX_VOCAB, f"--vocab_size {cfg['vocab_size']} is more than o200k has "
          f"(at most {data.MAX_VOCAB}: 256 bytes + EOT + every merged o200k token); choose a smaller one")
     need(cfg["profile_method"] in ("adam", "gradient"), f"--profile_method {cfg['profile_method']!r}: choose adam or gradient")
-    need(cfg["router_prior2"] in ("ce", "topk"), f"--router_prior2 {cfg['router_prior2']!r}: choose ce or topk")
     need(cfg["profile_split"] in ("parallel", "train"), f"--profile_split {cfg['profile_split']!r}: choose parallel or train")
     need(cfg["profile_method"] == "adam" or cfg["profile_windows"] >= cfg["profile_repeats"],
          "--profile_windows must be at least --profile_repeats (every half needs a window)")

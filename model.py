@@ -136,10 +136,6 @@ class MoE(nn.Module):
         aux = {"z": torch.logsumexp(logits, dim=-1).pow(2).mean()}  # router z-loss (ST-MoE)
         if expert_ids is not None:
             aux["router_ce"] = F.cross_entropy(logits, expert_ids)  # stage 1 router loss, mean over tokens
-            if routing == "learned" and E > self.top_k:   # a hinge: the group's expert among the top-k by a margin of 1
-                others = logits.scatter(1, expert_ids[:, None], float("-inf"))
-                kth = others.topk(self.top_k, dim=-1).values[:, -1]   # the group's expert is in the top-k iff above this
-                aux["router_topk"] = F.relu(kth - logits.gather(1, expert_ids[:, None])[:, 0] + 1.0).mean()
 
         if routing == "group":
             # every token goes to its sequence's group expert with weight 1 (not gated)

@@ -82,7 +82,6 @@ lr = 2e-3                    # peak lr after base, all variants alike
 top_k = 2                    # experts per token in stage 2; 1 leaves the router no gradient (docs/METHOD.md §6)
 router_alpha = 1.28          # weight of the router cross-entropy in stage 1 (the paper's)
 router_alpha2 = 0.0          # the same in stage 2, a pull toward the group's expert (0: the paper's)
-router_prior2 = "ce"         # stage 2's pull: ce (stage 1's loss) | topk (a hinge: the group's expert among the top-k)
 balance_coef = 0.02          # Switch load-balancing loss weight in stage 2 (the paper's)
 z_coef = 0.0                 # router z-loss weight
 variants = "cpt,dmoe,random"  # + all_layers (every FFN upcycled; the same as dmoe when eps = 0)
@@ -147,14 +146,13 @@ class Stage:
     """What a stage trains and how: its batches, routing, auxiliary losses, which parameters move."""
 
     def __init__(self, name, steps, peak_lr, batches, routing="learned", lang_to_expert=None,
-                 router_coef=0.0, balance_coef=0.0, z_coef=0.0, freeze=None, meta=None, langs=None, router_key="router_ce"):
+                 router_coef=0.0, balance_coef=0.0, z_coef=0.0, freeze=None, meta=None, langs=None):
         self.name, self.steps, self.peak_lr = name, steps, peak_lr
         self.langs = langs                      # the languages its batches draw from (None: every language)
         self.batches = batches                  # batch stream: stages with the same one see the same batches
         self.routing = routing                  # "learned" top-k, or "group": sequence -> its group's expert
         self.lang_to_expert = lang_to_expert    # {lang: expert id}: the groups (needed by "group" routing)
         self.router_coef = router_coef          # weight of the router cross-entropy against the group's expert
-        self.router_key = router_key            # which router loss router_coef weighs: router_ce | router_topk
         self.balance_coef = balance_coef        # weight of the Switch load-balancing loss
         self.z_coef = z_coef                    # weight of the router z-loss
         self.freeze = freeze                    # fn(model): freezes what must not move (None: all trains); adapt.py
@@ -163,7 +161,7 @@ class Stage:
     def loss(self, lm_loss, aux):
         """The stage's objective: language modelling plus its weighted auxiliary losses."""
         loss = lm_loss
-        for coef, key in ((self.router_coef, self.router_key), (self.balance_coef, "balance"), (self.z_coef, "z")):
+        for coef, key in ((self.router_coef, "router_ce"), (self.balance_coef, "balance"), (self.z_coef, "z")):
             if coef and key in aux:
                 loss = loss + coef * aux[key]
         return loss
@@ -477,7 +475,6 @@ def main(argv):
         train_stage(cfg, env, dataset, Stage(
             name, cfg["stage2_steps"], cfg["lr"], "stage2", routing="learned",
             lang_to_expert=lang_to_expert if cfg["router_alpha2"] else None, router_coef=cfg["router_alpha2"],
-            router_key="router_" + cfg["router_prior2"],
             balance_coef=cfg["balance_coef"], z_coef=cfg["z_coef"], meta=meta), moe, adam)
     env.barrier()
 

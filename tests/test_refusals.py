@@ -40,7 +40,6 @@ def run(out, cache, *extra):
     (["--dropout", "1.5"], r"--dropout must be in \[0, 1\)"),
     (["--lr", "0"], "--lr must be a positive number"),
     (["--group_method", "kmeans"], "--group_method 'kmeans'"),
-    (["--router_prior2", "kl"], "--router_prior2 'kl': choose ce or topk"),
     (["--router_alpha2", "-1"], "--router_alpha2 must be 0 or more"),
     (["--vocab_size", "10000000"], "--vocab_size 10000000 is more than o200k has"),
     pytest.param(["--device", "cuda:0"], "--device cuda", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has CUDA")),

@@ -47,8 +47,8 @@ POINTS = {
     # stage 2 keeps a share of stage 1's router loss: a pull toward the group's expert (not the paper's)
     "k9_prior03": {"eps": 0.0, "n_groups": 9, "router_alpha2": 0.3},
     "k9_prior": {"eps": 0.0, "n_groups": 9, "router_alpha2": 1.28},
-    # the pull as a hinge instead: the group's expert among the token's top-2, the other slot and the weights free
-    "k9_topk": {"eps": 0.0, "n_groups": 9, "router_alpha2": 1.28, "router_prior2": "topk"},
+    # k9_topk (the pull as a hinge: the group's expert among the token's top-2) was measured at commit 8f2d778
+    # with --router_prior2 topk, removed after it lost to the cross-entropy pull (k9_topk_s0.json keeps it)
 }
 SHARED = {"base": ("base.pt",), "profile": ("profile.json",), "cpt": ("cpt_stage1.pt", "cpt.pt")}
 BASE_KEYS = ("base_langs", "n_layer", "n_head", "n_embd", "block_size", "dropout", "vocab_size", "batch_size", "grad_accum", "base_steps",
