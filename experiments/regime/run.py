@@ -47,6 +47,7 @@ POINTS = {
     # stage 2 keeps a share of stage 1's router loss: a pull toward the group's expert (not the paper's)
     "k9_prior03": {"eps": 0.0, "n_groups": 9, "router_alpha2": 0.3},
     "k9_prior": {"eps": 0.0, "n_groups": 9, "router_alpha2": 1.28},
+    "k9_after2_prior03": {"eps": 0.0, "n_groups": 9, "stage1_steps": 200, "stage2_steps": 1800, "router_alpha2": 0.3},
     # k9_topk (the pull as a hinge: the group's expert among the token's top-2) was measured at commit 8f2d778
     # with --router_prior2 topk, removed after it lost to the cross-entropy pull (k9_topk_s0.json keeps it)
 }
