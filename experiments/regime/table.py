@@ -83,7 +83,8 @@ def main():
         point, seed = re.fullmatch(r"(.+)_s(\d+)\.json", os.path.basename(path)).groups()
         with open(path) as f:
             points.setdefault(point, {})[int(seed)] = json.load(f)
-    print(f"{'point':<14} {'seeds':<7} {'cpt':>6} {'dmoe':>6} {'random':>6} {'MoE gain':>14} {'group gain':>14} "
+    w = max(map(len, points), default=5)   # the widest point name
+    print(f"{'point':<{w}} {'seeds':<7} {'cpt':>6} {'dmoe':>6} {'random':>6} {'MoE gain':>14} {'group gain':>14} "
           f"{'forced gain':>14} {'new-lang group gain':>20}")
     seeds_xy = {}
     for point, runs in points.items():
@@ -101,7 +102,7 @@ def main():
         seeds_xy[point] = list(zip(rows["moe"], rows["grp"], rows["fgrp"]))
         pm = lambda xs: ("–" if np.isnan(xs).any() else f"{np.mean(xs):+.2f}% ± {np.std(xs, ddof=1):.2f}"
                          if len(xs) > 1 else f"{xs[0]:+.2f}%")
-        print(f"{point:<14} {','.join(map(str, runs)):<7} {np.mean(rows['cpt']):6.2f} {np.mean(rows['dmoe']):6.2f} "
+        print(f"{point:<{w}} {','.join(map(str, runs)):<7} {np.mean(rows['cpt']):6.2f} {np.mean(rows['dmoe']):6.2f} "
               f"{np.mean(rows['random']):6.2f} {pm(rows['moe']):>14} {pm(rows['grp']):>14} {pm(rows['fgrp']):>14} "
               f"{pm(rows['new']):>20}")
     print("gains: positive = dmoe better; learned routing unless 'forced'; new-lang: the 8 languages the base never saw")
