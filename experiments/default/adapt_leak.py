@@ -55,7 +55,9 @@ def main():
     for h in hooks:
         h.remove()
     if a.out:
-        save_json({"command": "python " + " ".join(sys.argv), "ckpt": a.ckpt, "new_langs": [l for l in ck["langs"] if l not in src["langs"]], "copied_from": ck.get("meta", {}).get("copied"), "langs": rows}, a.out)
+        save_json({"command": "python " + " ".join(sys.argv), "ckpt": a.ckpt,
+                   "new_langs": [l for l in ck["langs"] if l not in src["langs"]],
+                   "copied_from": ck.get("meta", {}).get("copied"), "langs": rows}, a.out)
         print(f"wrote {a.out}")
 
 
