@@ -7,6 +7,8 @@ import contextlib
 import json
 import math
 import os
+import signal
+import threading
 from contextlib import nullcontext
 
 import numpy as np
@@ -17,18 +19,37 @@ import torch
 def atomic_open(path, mode="wb"):
     """Open `path` for writing through '<path>.<pid>.tmp' in the same directory; on success the file is
     flushed, fsynced and renamed onto `path`, on failure removed. A reader, or a run killed halfway,
-    never sees a half-written file: only the old one or the new one."""
+    never sees a half-written file: only the old one or the new one. A Ctrl-C during the write takes
+    effect once the file is in place (cut short inside torch.save it would surface as a RuntimeError)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with sigint_deferred():
+            with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def sigint_deferred():
+    """Hold a Ctrl-C (SIGINT) back until the block ends, then raise KeyboardInterrupt. Only where Python's
+    own handler is in place, in the main thread; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    got = []
+    signal.signal(signal.SIGINT, lambda *_: got.append(1))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if got:
+            raise KeyboardInterrupt
 
 
 def save_json(obj, path):

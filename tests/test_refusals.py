@@ -134,6 +134,23 @@ def test_profiling_divergence_is_one_line(tmp_path, cache):
     assert not (out / "profile.json").exists() and load_checkpoint(str(out / "base.pt"))["done"]
 
 
+def test_ctrl_c_during_a_checkpoint_write_waits_for_it(tmp_path, monkeypatch):
+    """A Ctrl-C that lands inside torch.save (the race the test below can hit) lets the checkpoint be
+    written whole, then interrupts; cut short, torch.save raised a RuntimeError with a traceback."""
+    import signal
+    from model import save_checkpoint
+    real_save = torch.save
+
+    def save_hit_by_ctrl_c(obj, f):
+        os.kill(os.getpid(), signal.SIGINT)   # Python runs the handler at the next bytecode: mid-save
+        real_save(obj, f)
+    monkeypatch.setattr(torch, "save", save_hit_by_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(str(tmp_path / "c.pt"), {"x": torch.arange(3)})
+    assert torch.equal(torch.load(tmp_path / "c.pt")["x"], torch.arange(3))
+    assert os.listdir(tmp_path) == ["c.pt"]   # no temporary file left
+
+
 def test_ctrl_c_is_one_line_that_says_how_to_resume(tmp_path, cache):
     import signal
     import subprocess
