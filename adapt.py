@@ -8,10 +8,11 @@ New-language adaptation (docs/METHOD.md §7): give a trained DMoE model language
 2. Add one expert (in every MoE layer): a copy of that expert's FFN and of its router row (upcycle.add_expert).
 3. Train it on the new languages, routed to the new expert, in one of these ways (same batches, --adapt_lr):
    similar      the paper's: every MoE weight (experts and routers) trains, with the router loss;
-   keep_out     only the new expert and its router row train (a gradient mask), on the new text plus a
-                share of old-language text; the new router row is first fitted, then trained, as a margin
-                classifier: new tokens rank the new expert first, old tokens keep it below their k-th
-                choice. An old token whose margin holds keeps its experts and weights exactly;
+   keep_out     only the new expert trains (a gradient mask), routed to by a new router row that is fitted
+                once and then kept fixed: a margin classifier on the router inputs, new-language tokens
+                ranking the new expert first, old-language tokens (as the source model runs them, every
+                old language counting alike) keeping it below their k-th choice. An old token whose
+                margin holds keeps its experts and weights exactly;
    cpt          the baseline: the dense `cpt` model of the same run fine-tuned whole.
    (ablations/adapt_methods.py adds three steps between the two: dissimilar, new_only, new_only_replay.)
 The report: each method's new-language perplexity and how much the old languages' perplexity moved,
@@ -41,7 +42,7 @@ adapt = ""                   # comma list of new languages (required)
 adapt_from = ""              # the trained MoE checkpoint to extend (alias: --from; required)
 adapt_steps = 100
 adapt_lr = 2e-4
-adapt_replay = 0.25          # keep_out: share of old-language sequences in its batches
+adapt_replay = 0.25          # ablations/adapt_methods.py new_only_replay: share of old-language sequences
 adapt_margin = 1.0           # keep_out: router-logit margin that keeps old tokens off the new expert
 adapt_methods = "similar,keep_out,cpt"   # which to run (ablations/adapt_methods.py adds three more)
 DEFAULTS = dict(train.DEFAULTS, **{k: v for k, v in list(globals().items()) if k.startswith("adapt")})
@@ -61,15 +62,15 @@ def moe_only(model):
         p.requires_grad = n.startswith(prefixes)
 
 
-def new_expert_only(model):
-    """Freeze everything but the newest expert and its router row: the stacked expert tensors and the
-    router keep their other rows through a gradient mask (zero gradient, no weight decay: AdamW leaves
-    them exactly as they were)."""
+def new_expert_only(model, router=True):
+    """Freeze everything but the newest expert (and its router row, if router): the stacked expert tensors
+    and the router keep their other rows through a gradient mask (zero gradient, no weight decay: AdamW
+    leaves them exactly as they were)."""
     new = model.config.n_experts - 1
     for p in model.parameters():
         p.requires_grad = False
     for moe in model.moe_modules():
-        for p in (moe.w_fc, moe.b_fc, moe.w_proj, moe.b_proj, moe.router.weight):
+        for p in (moe.w_fc, moe.b_fc, moe.w_proj, moe.b_proj) + ((moe.router.weight,) if router else ()):
             if p is not None:
                 p.requires_grad = True
                 mask = torch.zeros_like(p)
@@ -77,83 +78,57 @@ def new_expert_only(model):
                 p.register_hook(lambda g, mask=mask: g * mask)
 
 
-class KeepOut(train.Stage):
-    """A stage that trains the new router row as a margin classifier instead of with the router
-    cross-entropy: for every MoE layer, a token of a new language should rank the new expert first and a
-    token of an old language (the replay share of the batch) should keep it out of its top-k,
-        new tokens:  relu(max_old z - z_new + margin)      old tokens:  relu(z_new - z_(k) + margin)
-    with z_(k) the k-th largest of the old experts' router logits. Once the margins hold the row stops
-    moving (the cross-entropy would push it up forever, and old tokens with it). The old router rows are
-    frozen, so an old token whose margin holds keeps its top-k, and its weights, exactly as before."""
-
-    def __init__(self, *args, top_k, margin=1.0, **kw):
-        super().__init__(*args, **kw)
-        self.top_k, self.margin, self.seen = top_k, margin, []
-        freeze = self.freeze
-
-        def freeze_and_watch(model):   # the router logits and targets of every MoE layer, every forward
-            freeze(model)
-            for moe in model.moe_modules():
-                moe.register_forward_pre_hook(lambda mod, args: self.seen.append(
-                    (mod.router_logits(args[0].reshape(-1, args[0].shape[-1])), args[1], args[0].shape[1]))
-                    if mod.training else None)
-        self.freeze = freeze_and_watch
-
-    def loss(self, lm_loss, aux):
-        hinges = []
-        for z, seq_expert, T in self.seen:       # z (N, E+1); seq_expert (B,) the group expert of each sequence
-            new = z.shape[1] - 1
-            is_new = seq_expert.repeat_interleave(T) == new                   # (N,)
-            kth = z[:, :new].topk(min(self.top_k, new), dim=-1).values      # (N, k) best old logits
-            for tokens, gap in ((is_new, kth[:, 0] - z[:, new]), (~is_new, z[:, new] - kth[:, -1])):
-                if tokens.any():   # new and old tokens count alike, whatever their share of the batch
-                    hinges.append(F.relu(gap[tokens] + self.margin).mean())
-        self.seen.clear()
-        return lm_loss + torch.stack(hinges).mean() if hinges else lm_loss
+def new_expert_alone(model):
+    """keep_out's: only the newest expert trains; its router row keeps the fitted values."""
+    new_expert_only(model, router=False)
 
 
 @torch.no_grad()
-def router_inputs(model, dataset, lang_to_expert, batches, batch_size, block_size, seed):
-    """The inputs of every MoE layer's router, with the sequences group-routed as in training: a list, per
-    MoE layer, of (x (N, C) float32, expert (N,) int64: the token's group expert)."""
-    moes = model.moe_modules()
-    seen = [[] for _ in moes]
-    hooks = [moe.register_forward_pre_hook(lambda mod, args, i=i: seen[i].append(
-        (args[0].reshape(-1, args[0].shape[-1]).float(), args[1].repeat_interleave(args[0].shape[1]))))
-        for i, moe in enumerate(moes)]
-    to_expert = torch.tensor([lang_to_expert[l] for l in dataset.langs])
-    gen, probs = torch.Generator().manual_seed(seed), dataset.sampling_probs(0.3)
-    device = next(model.parameters()).device
+def router_inputs(model, source, new_data, old_data, l2e, batches, batch_size, block_size, seed):
+    """The inputs of every MoE layer's router that keep_out's new row is fitted on, per MoE layer
+    (x_new (N, C), x_old (M, C), lang_old (M,) int64 index into old_data.langs), float32:
+    new-language sequences as they train (the extended model, routed to the new expert), old-language
+    sequences as they run (the source model, learned routing: an old token kept off the new expert in
+    every layer gives every later layer the same input as before)."""
+    model.eval(), source.eval()   # no dropout: the inputs as the models run
+    seen = {m: [[] for _ in m.moe_modules()] for m in (model, source)}
+    hooks = [moe.register_forward_pre_hook(lambda mod, args, s=s: s.append(args[0].reshape(-1, args[0].shape[-1]).float()))
+             for m in (model, source) for moe, s in zip(m.moe_modules(), seen[m])]
+    gen, device = torch.Generator().manual_seed(seed), next(model.parameters()).device
+    new_e, old_langs = torch.tensor([l2e[l] for l in new_data.langs]), []
     try:
         for _ in range(batches):
-            x, _, li = dataset.mixed_batch("train", batch_size, block_size, probs, gen, device)
-            model(x, expert_ids=to_expert[li.cpu()].to(device), routing="group")
+            x, _, li = new_data.mixed_batch("train", batch_size, block_size, new_data.sampling_probs(0.3), gen, device)
+            model(x, expert_ids=new_e[li.cpu()].to(device), routing="group")
+            x, _, li = old_data.mixed_batch("train", batch_size, block_size, old_data.sampling_probs(0.3), gen, device)
+            source(x, routing="learned")
+            old_langs.append(li.cpu().repeat_interleave(block_size))
     finally:
         for h in hooks:
             h.remove()
-    return [(torch.cat([x for x, _ in s]), torch.cat([e for _, e in s]).cpu()) for s in seen]
+    return [(torch.cat(n), torch.cat(o), torch.cat(old_langs)) for n, o in zip(seen[model], seen[source])]
 
 
-def fit_new_router_rows(model, inputs, top_k, margin, steps=300, lr=1e-2):
-    """Set the new expert's router row in every MoE layer to a margin classifier fitted on fixed router
-    inputs (router_inputs): new-language tokens should rank the new expert first, old-language tokens
-    should keep it below their k-th choice (the hinges of KeepOut). Done before the new expert trains,
-    because a row copied from an old expert starts tied with it for that expert's old tokens, and at an
-    adaptation learning rate it cannot move far enough in 100 steps. Returns the final hinge per layer."""
+def fit_new_router_rows(model, inputs, top_k, margin, steps=1000, lr=1e-2):
+    """Set the new expert's router row in every MoE layer to a margin classifier fitted on router_inputs:
+        new tokens:  relu(max_old z - z_new + margin)      old tokens:  relu(z_new - z_(k) + margin)
+    with z_(k) the k-th largest of the old experts' logits; each old language weighs alike (a rare one
+    would otherwise be given up). The old rows are fixed, so an old token whose margin holds keeps its
+    top-k, and its weights, exactly. Returns the final hinge per layer."""
     out = []
-    for moe, (x, expert) in zip(model.moe_modules(), inputs):
+    for moe, (x_new, x_old, lang) in zip(model.moe_modules(), inputs):
         W = moe.router.weight.detach()
         new = W.shape[0] - 1
-        x = x.to(W.device)
-        z_old = x @ W[:new].float().T                                          # (N, E) fixed
-        kth = z_old.topk(min(top_k, new), dim=-1).values
-        is_new = (expert == new).to(W.device)
+        x_new, x_old, lang = x_new.to(W.device), x_old.to(W.device), lang.to(W.device)
+        first = (x_new @ W[:new].float().T).max(dim=-1).values                    # (N,) best old logit
+        kth = (x_old @ W[:new].float().T).topk(min(top_k, new), dim=-1).values[:, -1]   # (M,) k-th old logit
+        weight = 1.0 / torch.bincount(lang)[lang].float()
+        weight = weight / weight.sum()                                             # every old language alike
         w = W[new].float().clone().requires_grad_(True)
         opt = torch.optim.Adam([w], lr=lr)
         for _ in range(steps):
-            z_new = x @ w
-            loss = (F.relu(kth[is_new, 0] - z_new[is_new] + margin).mean()
-                    + F.relu(z_new[~is_new] - kth[~is_new, -1] + margin).mean())
+            loss = (F.relu(first - x_new @ w + margin).mean()
+                    + (F.relu(x_old @ w - kth + margin) * weight).sum())
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -269,28 +244,25 @@ def main(argv, extra_methods=None):
     meta = {"variant": "adapt", "groups": src["groups"] + [new_langs], "lang_to_expert": l2e,
             "moe_layers": model.config.moe_layers}
 
-    def new_expert(name, copy_from, freeze, replay=0.0, stage_class=train.Stage, **extra):
+    def new_expert(name, copy_from, freeze, replay=0.0, fit_row=False):
         m = model_from_checkpoint(src, env.device)
         add_expert(m, copy_from)
-        if stage_class is KeepOut and not os.path.exists(os.path.join(cfg["out"], f"adapt_{name}.pt")):
-            # the new router row starts as a margin classifier fitted on new and old text (half each)
-            inputs = router_inputs(m, WithReplay(new_data, old_data, 0.5), l2e, 32, cfg["batch_size"],
-                                   cfg["block_size"], cfg["seed"])
+        if fit_row and not os.path.exists(os.path.join(cfg["out"], f"adapt_{name}.pt")):
+            # the new router row: a margin classifier fitted once, on new text and old text as it runs
+            inputs = router_inputs(m, model, new_data, old_data, l2e, 16, cfg["batch_size"], cfg["block_size"], cfg["seed"])
             hinge = fit_new_router_rows(m, inputs, m.config.top_k, cfg["adapt_margin"])
             env.print(f"[adapt_{name}] new router rows fitted: hinge " + " ".join(f"{h:.3f}" for h in hinge))
-        stage = stage_class(f"adapt_{name}", cfg["adapt_steps"], cfg["adapt_lr"], "adapt", routing="group",
-                            lang_to_expert=l2e, router_coef=0.0 if stage_class is KeepOut else cfg["router_alpha"],
-                            freeze=freeze,
-                            meta=dict(meta, copied=copy_from, method=name), **extra)
+        stage = train.Stage(f"adapt_{name}", cfg["adapt_steps"], cfg["adapt_lr"], "adapt", routing="group",
+                            lang_to_expert=l2e, router_coef=0.0 if fit_row else cfg["router_alpha"],
+                            freeze=freeze, meta=dict(meta, copied=copy_from, method=name))
         return train.train_stage(cfg, env, WithReplay(new_data, old_data, replay) if replay else new_data, stage, m)[0]
     methods = {
         # the paper's: all MoE weights train, the new expert copied from the most similar one
         "similar": lambda: new_expert("similar", best, moe_only),
         **{name: (lambda make=make: make(new_expert, best, worst, cfg)) for name, make in extra_methods.items()},
-        # only the new expert and its router row train, on new text + old text (replay), with margins
-        # instead of the router loss: the new expert first for new tokens, below every old token's k-th choice
-        "keep_out": lambda: new_expert("keep_out", best, new_expert_only, cfg["adapt_replay"], KeepOut,
-                                       top_k=model.config.top_k, margin=cfg["adapt_margin"])}
+        # only the new expert trains; its router row is a margin classifier fitted once and kept fixed:
+        # the new expert first for new tokens, below every old token's k-th choice
+        "keep_out": lambda: new_expert("keep_out", best, new_expert_alone, fit_row=True)}
     models = {"before": model, **{name: make() for name, make in methods.items() if name in wanted}}
     cpt_path = os.path.join(run_dir, "cpt.pt")
     if "cpt" in wanted and os.path.exists(cpt_path):   # the dense baseline: all of cpt fine-tuned, same batches

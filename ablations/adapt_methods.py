@@ -1,6 +1,6 @@
 """
-Three more ways to adapt to new languages, between the paper's and keep_out (adapt.py), to see which part
-of keep_out does what. Each adds the same new expert and trains on the same batches:
+Three more ways to adapt to new languages, between the paper's and keep_out (adapt.py), to see what
+freezing and replay do on their own. Each adds the same new expert and trains on the same batches:
 
     dissimilar       the paper's, but the new expert copied from the LEAST similar expert
     new_only         only the new expert and its router row train (a gradient mask), with the router loss

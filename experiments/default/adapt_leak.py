@@ -1,8 +1,8 @@
 """
 Why keep_out cannot keep the old languages still: how often an old language's tokens reach the new expert.
 
-keep_out trains only the new expert and its router row, so an old token that does not choose the new
-expert is computed exactly as before adaptation. Every change in an old language's perplexity comes
+keep_out trains only the new expert (its router row is fitted once and kept fixed), so an old token
+that does not choose the new expert in any layer is computed exactly as before adaptation. Every change in an old language's perplexity comes
 from the tokens that the learned router sends to the new expert (it is in their top-k). This script
 measures, for each old language, that share in every MoE layer and the language's perplexity change.
 
