@@ -9,10 +9,11 @@ New-language adaptation (docs/METHOD.md §7): give a trained DMoE model language
 3. Train it on the new languages, routed to the new expert, in one of these ways (same batches, --adapt_lr):
    similar      the paper's: every MoE weight (experts and routers) trains, with the router loss;
    keep_out     only the new expert trains (a gradient mask), routed to by a new router row that is fitted
-                once and then kept fixed: a margin classifier on the router inputs, new-language tokens
-                ranking the new expert first, old-language tokens (as the source model runs them, every
-                old language counting alike) keeping it below their k-th choice. An old token whose
-                margin holds keeps its experts and weights exactly;
+                once and then kept fixed: a margin classifier on the router input and its mean over the
+                token's prefix (what the text so far says), new-language tokens ranking the new expert
+                first, old-language tokens (as the source model runs them, every old language counting
+                alike) keeping it below their k-th choice. An old token whose margin holds keeps its
+                experts and weights exactly;
    cpt          the baseline: the dense `cpt` model of the same run fine-tuned whole.
    (ablations/adapt_methods.py adds three steps between the two: dissimilar, new_only, new_only_replay.)
 The report: each method's new-language perplexity and how much the old languages' perplexity moved,
@@ -32,7 +33,7 @@ import train
 from common import Env, save_json
 from config import RunDir, check_settings, parse_args
 from eval import evaluate, expert_affinity, summarize
-from model import load_checkpoint, model_from_checkpoint
+from model import load_checkpoint, model_from_checkpoint, prefix_mean
 from tokenizer import Tokenizer
 from upcycle import add_expert
 
@@ -79,20 +80,31 @@ def new_expert_only(model, router=True):
 
 
 def new_expert_alone(model):
-    """keep_out's: only the newest expert trains; its router row keeps the fitted values."""
+    """keep_out's: only the newest expert trains; its router rows keep the fitted values."""
     new_expert_only(model, router=False)
+
+
+def add_context_router(model):
+    """Give every MoE router a context part (model.MoE.router_context), all zero: the old experts' logits
+    stay exactly what they were, and keep_out can fit the new expert's row to what the text so far says."""
+    for moe in model.moe_modules():
+        if moe.router_context is None:   # (a model adapted before keeps its context rows)
+            moe.router_context = torch.nn.Linear(moe.router.in_features, moe.n_experts, bias=False,
+                                                 device=moe.router.weight.device)
+            torch.nn.init.zeros_(moe.router_context.weight)
+    model.config.router_context = True
 
 
 @torch.no_grad()
 def router_inputs(model, source, new_data, old_data, l2e, batches, batch_size, block_size, seed):
     """The inputs of every MoE layer's router that keep_out's new row is fitted on, per MoE layer
-    (x_new (N, C), x_old (M, C), lang_old (M,) int64 index into old_data.langs), float32:
+    (x_new (B, T, C), x_old (B', T, C), lang_old (B' * T,) int64 index into old_data.langs), float32:
     new-language sequences as they train (the extended model, routed to the new expert), old-language
     sequences as they run (the source model, learned routing: an old token kept off the new expert in
     every layer gives every later layer the same input as before)."""
     model.eval(), source.eval()   # no dropout: the inputs as the models run
     seen = {m: [[] for _ in m.moe_modules()] for m in (model, source)}
-    hooks = [moe.register_forward_pre_hook(lambda mod, args, s=s: s.append(args[0].reshape(-1, args[0].shape[-1]).float()))
+    hooks = [moe.register_forward_pre_hook(lambda mod, args, s=s: s.append(args[0].float()))
              for m in (model, source) for moe, s in zip(m.moe_modules(), seen[m])]
     gen, device = torch.Generator().manual_seed(seed), next(model.parameters()).device
     new_e, old_langs = torch.tensor([l2e[l] for l in new_data.langs]), []
@@ -110,29 +122,32 @@ def router_inputs(model, source, new_data, old_data, l2e, batches, batch_size, b
 
 
 def fit_new_router_rows(model, inputs, top_k, margin, steps=1000, lr=1e-2):
-    """Set the new expert's router row in every MoE layer to a margin classifier fitted on router_inputs:
+    """Fit the new expert's router row, and its context row (add_context_router), in every MoE layer as
+    a margin classifier on router_inputs; z_new = row . x_t + context row . (mean of x over the prefix):
         new tokens:  relu(max_old z - z_new + margin)      old tokens:  relu(z_new - z_(k) + margin)
     with z_(k) the k-th largest of the old experts' logits; each old language weighs alike (a rare one
     would otherwise be given up). The old rows are fixed, so an old token whose margin holds keeps its
     top-k, and its weights, exactly. Returns the final hinge per layer."""
     out = []
     for moe, (x_new, x_old, lang) in zip(model.moe_modules(), inputs):
-        W = moe.router.weight.detach()
+        W, C = moe.router.weight.detach(), moe.router.in_features
         new = W.shape[0] - 1
         x_new, x_old, lang = x_new.to(W.device), x_old.to(W.device), lang.to(W.device)
-        first = (x_new @ W[:new].float().T).max(dim=-1).values                    # (N,) best old logit
-        kth = (x_old @ W[:new].float().T).topk(min(top_k, new), dim=-1).values[:, -1]   # (M,) k-th old logit
+        f_new, f_old = (torch.cat([x, prefix_mean(x)], -1).reshape(-1, 2 * C) for x in (x_new, x_old))
+        first = (f_new[:, :C] @ W[:new].float().T).max(dim=-1).values                  # (N,) best old logit
+        kth = (f_old[:, :C] @ W[:new].float().T).topk(min(top_k, new), dim=-1).values[:, -1]   # (M,) k-th
         weight = 1.0 / torch.bincount(lang)[lang].float()
-        weight = weight / weight.sum()                                             # every old language alike
-        w = W[new].float().clone().requires_grad_(True)
+        weight = weight / weight.sum()                                                   # every old language alike
+        w = torch.cat([W[new].float(), moe.router_context.weight[new].detach().float()]).requires_grad_(True)
         opt = torch.optim.Adam([w], lr=lr)
         for _ in range(steps):
-            loss = (F.relu(first - x_new @ w + margin).mean()
-                    + (F.relu(x_old @ w - kth + margin) * weight).sum())
+            loss = (F.relu(first - f_new @ w + margin).mean()
+                    + (F.relu(f_old @ w - kth + margin) * weight).sum())
             opt.zero_grad()
             loss.backward()
             opt.step()
-        moe.router.weight.data[new] = w.detach().to(W.dtype)
+        moe.router.weight.data[new] = w.detach()[:C].to(W.dtype)
+        moe.router_context.weight.data[new] = w.detach()[C:].to(W.dtype)
         out.append(float(loss.detach()))
     return out
 
@@ -247,6 +262,8 @@ def main(argv, extra_methods=None):
     def new_expert(name, copy_from, freeze, replay=0.0, fit_row=False):
         m = model_from_checkpoint(src, env.device)
         add_expert(m, copy_from)
+        if fit_row:
+            add_context_router(m)
         if fit_row and not os.path.exists(os.path.join(cfg["out"], f"adapt_{name}.pt")):
             # the new router row: a margin classifier fitted once, on new text and old text as it runs
             inputs = router_inputs(m, model, new_data, old_data, l2e, 16, cfg["batch_size"], cfg["block_size"], cfg["seed"])

@@ -37,6 +37,7 @@ class GPTConfig:
     moe_layers: list[int] = field(default_factory=list)  # block indices whose FFN is an MoE ([] = dense)
     n_experts: int = 0  # experts per MoE layer (DMoE: one per language group)
     top_k: int = 2  # experts per token under learned routing (weights renormalised over the k)
+    router_context: bool = False  # routers also see each token's prefix mean (adapt.py's keep_out)
 
 
 # -----------------------------------------------------------------------------
@@ -101,6 +102,9 @@ class MoE(nn.Module):
         assert E >= 1, "an MoE layer needs n_experts >= 1"
         self.n_experts, self.top_k = E, config.top_k
         self.router = nn.Linear(C, E, bias=False)
+        # keep_out's (adapt.py): logits += router_context(mean of x over the token's prefix), zero but for
+        # the rows it fits; None otherwise, and then the MoE computes exactly what it did without it
+        self.router_context = nn.Linear(C, E, bias=False) if config.router_context else None
         self.w_fc = nn.Parameter(torch.empty(E, C, H))  # (E, C, 4C)
         self.w_proj = nn.Parameter(torch.empty(E, H, C))  # (E, 4C, C)
         self.b_fc = nn.Parameter(torch.zeros(E, H)) if config.bias else None  # (E, 4C)
@@ -112,6 +116,8 @@ class MoE(nn.Module):
     def reset_parameters(self, n_layer):
         # nanoGPT init: N(0, 0.02), the residual projection scaled by 1/sqrt(2 * n_layer)
         nn.init.normal_(self.router.weight, std=0.02)
+        if self.router_context is not None:
+            nn.init.zeros_(self.router_context.weight)
         nn.init.normal_(self.w_fc, std=0.02)
         nn.init.normal_(self.w_proj, std=0.02 / math.sqrt(2 * n_layer))
         for b in (self.b_fc, self.b_proj):
@@ -121,14 +127,18 @@ class MoE(nn.Module):
     # --- routing ---------------------------------------------------------------------------
 
     def router_logits(self, x):
-        """x (N, C) -> (N, E) router logits in fp32, also under bf16 autocast (softmax / logsumexp of
+        """x (B, T, C) -> (B*T, E) router logits in fp32, also under bf16 autocast (softmax / logsumexp of
         small logits in bf16 would quantise the routing decision and the aux losses)."""
         with torch.autocast(x.device.type, enabled=False):
-            return F.linear(x.float(), self.router.weight.float())  # (N, E)
+            logits = F.linear(x.reshape(-1, x.shape[-1]).float(), self.router.weight.float())  # (N, E)
+            if self.router_context is not None:   # + what the text so far says (its prefix mean)
+                logits = logits + F.linear(prefix_mean(x.float()).reshape(logits.shape[0], -1),
+                                           self.router_context.weight.float())
+            return logits
 
     def route(self, x, expert_ids=None, routing="learned"):
         """
-        x (N, C) tokens; expert_ids (N,) int64 the group expert of every token, or None.
+        x (B, T, C) tokens; expert_ids (N = B*T,) int64 the group expert of every token, or None.
         Returns expert (N, k) int64, weight (N, k) or None (= weight 1), aux dict of this layer.
         """
         E = self.n_experts
@@ -163,7 +173,7 @@ class MoE(nn.Module):
         B, T, C = x.shape
         xf = x.reshape(B * T, C)  # (N, C) tokens
         token_experts = expert_ids.repeat_interleave(T) if expert_ids is not None else None  # (N,)
-        expert, weight, aux = self.route(xf, token_experts, routing)
+        expert, weight, aux = self.route(x, token_experts, routing)
         y = self.experts_loop(xf, expert, weight) if self.impl == "loop" else self.experts(xf, expert, weight)
         return self.dropout(y.view(B, T, C)), aux
 
@@ -224,6 +234,11 @@ class MoE(nn.Module):
                 y = y * weight[tok, slot, None]
             out.index_add_(0, tok, y.to(out.dtype))
         return out
+
+
+def prefix_mean(x):
+    """x (B, T, C) -> (B, T, C): at t, the mean of x over positions 0..t (causal: nothing after t)."""
+    return x.cumsum(1) / torch.arange(1, x.shape[1] + 1, device=x.device, dtype=x.dtype).view(1, -1, 1)
 
 
 def _count(ids, n):
@@ -397,7 +412,7 @@ class GPT(nn.Module):
         stage 2; it is tiny, so we leave it free.
         """
         params = {pn: p for pn, p in self.named_parameters() if p.requires_grad}
-        no_decay_names = ("router.weight", ".b_fc", ".b_proj")
+        no_decay_names = ("router.weight", "router_context.weight", ".b_fc", ".b_proj")
         decay = [p for n, p in params.items() if p.dim() >= 2 and not n.endswith(no_decay_names)]
         no_decay = [p for n, p in params.items() if p.dim() < 2 or n.endswith(no_decay_names)]
         param_groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -97,6 +97,10 @@ def add_expert(model, src):
         w = moe.router.weight  # (E, C)
         moe.router.weight = nn.Parameter(torch.cat([w, w[src:src + 1]]), requires_grad=w.requires_grad)
         moe.router.out_features = E + 1
+        if moe.router_context is not None:   # keep_out's context rows (adapt.py), copied alike
+            c = moe.router_context.weight
+            moe.router_context.weight = nn.Parameter(torch.cat([c, c[src:src + 1]]), requires_grad=c.requires_grad)
+            moe.router_context.out_features = E + 1
         moe.n_experts = E + 1
     model.config.n_experts = E + 1
     return E

@@ -58,7 +58,7 @@ def routing_matrix(model, data, langs, split="val", block_size=None, max_windows
         # the router's view of the MoE input x (B, T, C): first choice and probabilities per token
         def hook(mod, args):
             x = args[0]
-            p = mod.router_logits(x.reshape(-1, x.shape[-1])).softmax(-1)  # (B*T, E)
+            p = mod.router_logits(x).softmax(-1)  # (B*T, E)
             top1[k, cur["li"]] += torch.bincount(p.argmax(-1), minlength=E).cpu().numpy()
             prob[k, cur["li"]] += p.sum(0).cpu().numpy()
         return hook

@@ -101,8 +101,8 @@ def test_adaptation_needs_a_finished_trained_moe(run, tmp_path):
 
 
 def test_new_expert_only_keeps_every_old_weight(run):
-    """new_only / new_only_replay / keep_out: the gradient mask (and keep_out's fitted new row) leave the old
-    experts and router rows bit-identical."""
+    """new_only / new_only_replay / keep_out: the gradient mask (and keep_out's fitted new row and context
+    row) leave the old experts and router rows bit-identical."""
     adapt(run)
     src = load_checkpoint(str(run / "dmoe.pt"))
     E_old = src["model_args"]["n_experts"]
@@ -117,6 +117,10 @@ def test_new_expert_only_keeps_every_old_weight(run):
             else:
                 assert torch.equal(w, v), (method, k)
         assert moved > 0, method          # the new expert and its router row did train
+        context = [w for k, w in new["model"].items() if k.endswith("router_context.weight")]
+        assert len(context) == (len(src["model_args"]["moe_layers"]) if method == "keep_out" else 0), method
+        for w in context:   # keep_out's context rows: zero for every old expert (their logits stay exact)
+            assert not w[:E_old].any() and w[E_old].any()
 
 
 @pytest.fixture(scope="module")

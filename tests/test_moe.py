@@ -206,3 +206,24 @@ def test_whole_model_compiles_without_graph_breaks(autocast):
             assert abs(loss.item() - loss_eager.item()) < (3e-2 if autocast else 1e-5)
     assert not counters["graph_break"], f"graph breaks: {list(counters['graph_break'])}"
     assert new_graphs == [1, 1, 1, 0], new_graphs
+
+
+def test_context_router_is_exact_at_zero_and_causal():
+    """keep_out's context router (adapt.py): all zero it changes nothing, bit for bit; a context row makes
+    a token's logit depend on the tokens before it and never on those after it."""
+    torch.manual_seed(0)
+    plain = make_moe()
+    ctx = MoE(GPTConfig(n_embd=C, n_layer=2, moe_layers=[0], n_experts=E, router_context=True))
+    ctx.load_state_dict(plain.state_dict(), strict=False)
+    assert not ctx.router_context.weight.any()
+    x = torch.randn(2, 16, C)
+    assert torch.equal(ctx(x)[0], plain(x)[0]) and torch.equal(ctx.router_logits(x), plain.router_logits(x))
+    with torch.no_grad():
+        ctx.router_context.weight[1] = torch.randn(C)
+    later, earlier = x.clone(), x.clone()
+    later[:, 10:] += 1.0      # change tokens 10..15
+    earlier[:, 3] += 1.0      # change token 3
+    z, z_later, z_earlier = (ctx.router_logits(t).view(2, 16, E) for t in (x, later, earlier))
+    assert torch.equal(z[:, :10], z_later[:, :10])                           # nothing flows back in time
+    assert not torch.allclose(z_earlier[:, 4:, 1], z[:, 4:, 1])              # the prefix reaches row 1 ...
+    assert torch.equal(z_earlier[:, 4:, [0, 2, 3]], z[:, 4:, [0, 2, 3]])     # ... and only the rows it has

@@ -38,7 +38,7 @@ def main():
 
     reach = []   # per forward: one row per MoE layer, 1 where the new expert is in a token's top-k
     hooks = [moe.register_forward_pre_hook(lambda mod, args: reach[-1].append(
-        (mod.router_logits(args[0].reshape(-1, args[0].shape[-1])).topk(mod.top_k, -1).indices == new_e)
+        (mod.router_logits(args[0]).topk(mod.top_k, -1).indices == new_e)
         .any(-1).float())) for moe in after.moe_modules()]
     hooks.append(after.register_forward_pre_hook(lambda mod, args: reach.append([])))   # a new row per forward
     rows = {}

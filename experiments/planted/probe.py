@@ -126,7 +126,7 @@ def route_acc(model, m):
     """share of word-predicting tokens whose top-1 router choice is the group's expert, per MoE layer"""
     model.eval()
     outs = []
-    hooks = [mo.register_forward_hook(lambda mod, inp, out: outs.append(mod.router_logits(inp[0].reshape(-1, inp[0].shape[-1])).argmax(-1)))
+    hooks = [mo.register_forward_hook(lambda mod, inp, out: outs.append(mod.router_logits(inp[0]).argmax(-1)))
              for mo in model.moe_modules()]
     accs = np.zeros(len(hooks))
     for l in range(NL):
