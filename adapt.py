@@ -12,8 +12,8 @@ New-language adaptation (docs/METHOD.md §7): give a trained DMoE model language
                 once and then kept fixed: a margin classifier on the router input and its mean over the
                 token's prefix (what the text so far says), new-language tokens ranking the new expert
                 first, old-language tokens (as the source model runs them, every old language counting
-                alike) keeping it below their k-th choice. An old token whose margin holds keeps its
-                experts and weights exactly;
+                alike, all of them --adapt_old_weight times the new ones) keeping it below their k-th
+                choice. An old token whose margin holds keeps its experts and weights exactly;
    cpt          the baseline: the dense `cpt` model of the same run fine-tuned whole.
    (ablations/adapt_methods.py adds three steps between the two: dissimilar, new_only, new_only_replay.)
 The report: each method's new-language perplexity and how much the old languages' perplexity moved,
@@ -45,13 +45,14 @@ adapt_steps = 100
 adapt_lr = 2e-4
 adapt_replay = 0.25          # ablations/adapt_methods.py new_only_replay: share of old-language sequences
 adapt_margin = 1.0           # keep_out: router-logit margin that keeps old tokens off the new expert
+adapt_old_weight = 4.0       # keep_out: weight of the old tokens' margins against the new tokens' in the fit
 adapt_methods = "similar,keep_out,cpt"   # which to run (ablations/adapt_methods.py adds three more)
 DEFAULTS = dict(train.DEFAULTS, **{k: v for k, v in list(globals().items()) if k.startswith("adapt")})
 ALIASES = {"from": "adapt_from"}
 # ----------------------------------------------------------------------------------------------------
 
 # the settings that decide an adaptation's checkpoints: another value needs another --out
-KEYS = ("adapt", "adapt_from", "adapt_steps", "adapt_lr", "adapt_replay", "adapt_margin", "router_alpha", "seed", "batch_size", "grad_accum",
+KEYS = ("adapt", "adapt_from", "adapt_steps", "adapt_lr", "adapt_replay", "adapt_margin", "adapt_old_weight", "router_alpha", "seed", "batch_size", "grad_accum",
         "data_dir", "data_cache", "max_tokens_per_lang", "data_seed", "weight_decay", "beta1", "beta2", "grad_clip",
         "warmup_frac", "min_lr_frac", "sample_alpha", "dtype")
 
@@ -121,13 +122,14 @@ def router_inputs(model, source, new_data, old_data, l2e, batches, batch_size, b
     return [(torch.cat(n), torch.cat(o), torch.cat(old_langs)) for n, o in zip(seen[model], seen[source])]
 
 
-def fit_new_router_rows(model, inputs, top_k, margin, steps=1000, lr=1e-2):
+def fit_new_router_rows(model, inputs, top_k, margin, old_weight=4.0, steps=1000, lr=1e-2):
     """Fit the new expert's router row, and its context row (add_context_router), in every MoE layer as
     a margin classifier on router_inputs; z_new = row . x_t + context row . (mean of x over the prefix):
         new tokens:  relu(max_old z - z_new + margin)      old tokens:  relu(z_new - z_(k) + margin)
     with z_(k) the k-th largest of the old experts' logits; each old language weighs alike (a rare one
-    would otherwise be given up). The old rows are fixed, so an old token whose margin holds keeps its
-    top-k, and its weights, exactly. Returns the final hinge per layer."""
+    would otherwise be given up), and the old tokens together old_weight times the new ones (where the
+    two cannot both hold, keeping old tokens out matters more). The old rows are fixed, so an old token
+    whose margin holds keeps its top-k, and its weights, exactly. Returns the final hinge per layer."""
     out = []
     for moe, (x_new, x_old, lang) in zip(model.moe_modules(), inputs):
         W, C = moe.router.weight.detach(), moe.router.in_features
@@ -142,7 +144,7 @@ def fit_new_router_rows(model, inputs, top_k, margin, steps=1000, lr=1e-2):
         opt = torch.optim.Adam([w], lr=lr)
         for _ in range(steps):
             loss = (F.relu(first - f_new @ w + margin).mean()
-                    + (F.relu(f_old @ w - kth + margin) * weight).sum())
+                    + old_weight * (F.relu(f_old @ w - kth + margin) * weight).sum())
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -188,6 +190,8 @@ def check_adapt_settings(cfg, methods):
     need(cfg["adapt_steps"] >= 1, f"--adapt_steps must be at least 1, got {cfg['adapt_steps']}")
     need(math.isfinite(cfg["adapt_lr"]) and cfg["adapt_lr"] > 0, f"--adapt_lr must be a positive number, got {cfg['adapt_lr']}")
     need(math.isfinite(cfg["adapt_margin"]) and cfg["adapt_margin"] >= 0, f"--adapt_margin must be 0 or more, got {cfg['adapt_margin']}")
+    need(math.isfinite(cfg["adapt_old_weight"]) and cfg["adapt_old_weight"] > 0,
+         f"--adapt_old_weight must be a positive number, got {cfg['adapt_old_weight']}")
     need(0 <= cfg["adapt_replay"] < 1, f"--adapt_replay must be in [0, 1), got {cfg['adapt_replay']}")
     need(cfg["adapt"].strip(), "--adapt needs the new languages, e.g. --adapt be,sr")
     wanted = [m.strip() for m in cfg["adapt_methods"].split(",") if m.strip()]
@@ -267,7 +271,7 @@ def main(argv, extra_methods=None):
         if fit_row and not os.path.exists(os.path.join(cfg["out"], f"adapt_{name}.pt")):
             # the new router row: a margin classifier fitted once, on new text and old text as it runs
             inputs = router_inputs(m, model, new_data, old_data, l2e, 16, cfg["batch_size"], cfg["block_size"], cfg["seed"])
-            hinge = fit_new_router_rows(m, inputs, m.config.top_k, cfg["adapt_margin"])
+            hinge = fit_new_router_rows(m, inputs, m.config.top_k, cfg["adapt_margin"], cfg["adapt_old_weight"])
             env.print(f"[adapt_{name}] new router rows fitted: hinge " + " ".join(f"{h:.3f}" for h in hinge))
         stage = train.Stage(f"adapt_{name}", cfg["adapt_steps"], cfg["adapt_lr"], "adapt", routing="group",
                             lang_to_expert=l2e, router_coef=0.0 if fit_row else cfg["router_alpha"],
