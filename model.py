@@ -4,7 +4,8 @@ nanoDMoE model: a GPT (nanoGPT shape) whose feed-forward layer can be a Mixture-
 - GPTConfig.moe_layers chooses which blocks get an MoE instead of a dense MLP ("Group then Scale",
   step 2 picks those layers; upcycle.py builds the MoE from a trained dense model, step 4).
 - MoE routes every token either by the sequence's language group (stage 1: routing="group") or by a
-  learned softmax -> top-k router (stage 2: routing="learned"); see MoE.forward.
+  learned softmax -> top-k router (stage 2: routing="learned"); see MoE.forward. adapt.py's keep_out
+  adds a context part to the router (GPTConfig.router_context: the mean of the token's prefix).
 - The experts run as ONE fused dropless dispatch: sort the (token, slot) pairs by expert, one gather,
   one grouped matmul over all experts, one weighted scatter back. No Python loop over experts, and the
   shapes do not depend on the routing, so torch.compile traces the layer once.
