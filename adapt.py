@@ -266,9 +266,13 @@ def main(argv, extra_methods=None):
     def new_expert(name, copy_from, freeze, replay=0.0, fit_row=False):
         m = model_from_checkpoint(src, env.device)
         add_expert(m, copy_from)
+        path = os.path.join(cfg["out"], f"adapt_{name}.pt")
         if fit_row:
             add_context_router(m)
-        if fit_row and not os.path.exists(os.path.join(cfg["out"], f"adapt_{name}.pt")):
+            if os.path.exists(path) and not load_checkpoint(path)["model_args"].get("router_context"):
+                raise SystemExit(f"error: {path} was made by an earlier keep_out (its router has no context "
+                                 f"part); delete it and run again to adapt with today's keep_out")
+        if fit_row and not os.path.exists(path):
             # the new router row: a margin classifier fitted once, on new text and old text as it runs
             inputs = router_inputs(m, model, new_data, old_data, l2e, 16, cfg["batch_size"], cfg["block_size"], cfg["seed"])
             hinge = fit_new_router_rows(m, inputs, m.config.top_k, cfg["adapt_margin"], cfg["adapt_old_weight"])

@@ -9,7 +9,7 @@ import adapt as A
 import data as D
 import train
 from ablations import adapt_methods
-from model import load_checkpoint, model_from_checkpoint
+from model import load_checkpoint, model_from_checkpoint, save_checkpoint
 
 OLD = "de,nl,ru,uk"
 BASE = ["--preset", "tiny", "--vocab_size", "512", "--n_groups", "2", "--variants", "cpt,dmoe",
@@ -132,6 +132,24 @@ def test_new_expert_only_keeps_every_old_weight(run):
         assert len(context) == (len(src["model_args"]["moe_layers"]) if method == "keep_out" else 0), method
         for w in context:   # keep_out's context rows: zero for every old expert (their logits stay exact)
             assert not w[:E_old].any() and w[E_old].any()
+
+
+def test_a_keep_out_checkpoint_of_an_earlier_keep_out_is_refused(run, tmp_path):
+    """An adapt_keep_out.pt made before keep_out's router saw the prefix is not taken as done (it would be
+    scored as today's method): one line that says to delete it, before any training."""
+    adapt(run)
+    old = load_checkpoint(str(run / "adapt" / "adapt_keep_out.pt"))
+    old["model"] = {k: v for k, v in old["model"].items() if "router_context" not in k}
+    old["model_args"] = {k: v for k, v in old["model_args"].items() if k != "router_context"}
+    (tmp_path / "a").mkdir()
+    for f in ("config.json",):
+        (tmp_path / "a" / f).write_text((run / "adapt" / f).read_text())
+    save_checkpoint(str(tmp_path / "a" / "adapt_keep_out.pt"), old)
+    with pytest.raises(SystemExit, match="made by an earlier keep_out") as e:
+        adapt_methods.main(["--preset", "tiny", "--adapt", "ja", "--from", str(run / "dmoe.pt"), "--adapt_steps", "6",
+                            "--out", str(tmp_path / "a"), "--data_cache", str(run / "cache-ja"),
+                            "--adapt_methods", "keep_out"])
+    assert "\n" not in str(e.value)
 
 
 @pytest.fixture(scope="module")
