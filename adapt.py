@@ -109,11 +109,12 @@ def router_inputs(model, source, new_data, old_data, l2e, batches, batch_size, b
              for m in (model, source) for moe, s in zip(m.moe_modules(), seen[m])]
     gen, device = torch.Generator().manual_seed(seed), next(model.parameters()).device
     new_e, old_langs = torch.tensor([l2e[l] for l in new_data.langs]), []
+    new_probs, old_probs = new_data.sampling_probs(0.3), old_data.sampling_probs(0.3)
     try:
         for _ in range(batches):
-            x, _, li = new_data.mixed_batch("train", batch_size, block_size, new_data.sampling_probs(0.3), gen, device)
+            x, _, li = new_data.mixed_batch("train", batch_size, block_size, new_probs, gen, device)
             model(x, expert_ids=new_e[li.cpu()].to(device), routing="group")
-            x, _, li = old_data.mixed_batch("train", batch_size, block_size, old_data.sampling_probs(0.3), gen, device)
+            x, _, li = old_data.mixed_batch("train", batch_size, block_size, old_probs, gen, device)
             source(x, routing="learned")
             old_langs.append(li.cpu().repeat_interleave(block_size))
     finally:
@@ -182,6 +183,12 @@ class WithReplay:
 METHODS = ("similar", "keep_out", "cpt")
 
 
+def new_language_cache(langs_spec, vocab_size, data_seed, data_dir, run_dir):
+    """The default cache of the new languages' tokens: data.default_cache's name + the source run's
+    folder, since they are tokenized with that run's vocabulary."""
+    return data.default_cache(langs_spec, vocab_size, data_seed, data_dir) + "-vocab-of-" + os.path.basename(run_dir)
+
+
 def check_adapt_settings(cfg, methods):
     """adapt.py's own settings, one line each, before any work (train.py's are check_settings')."""
     def need(ok, msg):
@@ -238,8 +245,8 @@ def main(argv, extra_methods=None):
     cfg["adapt_from"] = os.path.abspath(cfg["adapt_from"])
     for k in ("block_size", "vocab_size", "top_k"):
         cfg[k] = old_cfg[k]
-    cfg["data_cache"] = cfg["data_cache"] or data.default_cache(cfg["adapt"], cfg["vocab_size"], cfg["data_seed"],
-                                                                cfg["data_dir"] or None) + "-vocab-of-" + os.path.basename(run_dir)
+    cfg["data_cache"] = cfg["data_cache"] or new_language_cache(cfg["adapt"], cfg["vocab_size"], cfg["data_seed"],
+                                                                cfg["data_dir"] or None, run_dir)
     env = Env(cfg)
     run = RunDir(cfg, keys=KEYS).open() if env.master else None
     new_data = train.load_data(cfg, env, new_langs, tokenizer=Tokenizer.from_state_dict(src["vocab"]))
@@ -269,14 +276,15 @@ def main(argv, extra_methods=None):
         path = os.path.join(cfg["out"], f"adapt_{name}.pt")
         if fit_row:
             add_context_router(m)
-            if os.path.exists(path) and not load_checkpoint(path)["model_args"].get("router_context"):
+            if not os.path.exists(path):
+                # the new router row: a margin classifier fitted once, on new text and old text as it runs
+                inputs = router_inputs(m, model, new_data, old_data, l2e, 16, cfg["batch_size"], cfg["block_size"],
+                                       cfg["seed"])
+                hinge = fit_new_router_rows(m, inputs, m.config.top_k, cfg["adapt_margin"], cfg["adapt_old_weight"])
+                env.print(f"[adapt_{name}] new router rows fitted: hinge " + " ".join(f"{h:.3f}" for h in hinge))
+            elif not load_checkpoint(path)["model_args"].get("router_context"):
                 raise SystemExit(f"error: {path} was made by an earlier keep_out (its router has no context "
                                  f"part); delete it and run again to adapt with today's keep_out")
-        if fit_row and not os.path.exists(path):
-            # the new router row: a margin classifier fitted once, on new text and old text as it runs
-            inputs = router_inputs(m, model, new_data, old_data, l2e, 16, cfg["batch_size"], cfg["block_size"], cfg["seed"])
-            hinge = fit_new_router_rows(m, inputs, m.config.top_k, cfg["adapt_margin"], cfg["adapt_old_weight"])
-            env.print(f"[adapt_{name}] new router rows fitted: hinge " + " ".join(f"{h:.3f}" for h in hinge))
         stage = train.Stage(f"adapt_{name}", cfg["adapt_steps"], cfg["adapt_lr"], "adapt", routing="group",
                             lang_to_expert=l2e, router_coef=0.0 if fit_row else cfg["router_alpha"],
                             freeze=freeze, meta=dict(meta, copied=copy_from, method=name))

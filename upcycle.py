@@ -94,13 +94,11 @@ def add_expert(model, src):
             p = getattr(moe, name)
             if p is not None:
                 setattr(moe, name, nn.Parameter(torch.cat([p, p[src:src + 1]]), requires_grad=p.requires_grad))
-        w = moe.router.weight  # (E, C)
-        moe.router.weight = nn.Parameter(torch.cat([w, w[src:src + 1]]), requires_grad=w.requires_grad)
-        moe.router.out_features = E + 1
-        if moe.router_context is not None:   # keep_out's context rows (adapt.py), copied alike
-            c = moe.router_context.weight
-            moe.router_context.weight = nn.Parameter(torch.cat([c, c[src:src + 1]]), requires_grad=c.requires_grad)
-            moe.router_context.out_features = E + 1
+        for router in (moe.router, moe.router_context):   # the context part: keep_out's (adapt.py), if any
+            if router is not None:
+                w = router.weight  # (E, C)
+                router.weight = nn.Parameter(torch.cat([w, w[src:src + 1]]), requires_grad=w.requires_grad)
+                router.out_features = E + 1
         moe.n_experts = E + 1
     model.config.n_experts = E + 1
     return E

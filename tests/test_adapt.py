@@ -142,8 +142,7 @@ def test_a_keep_out_checkpoint_of_an_earlier_keep_out_is_refused(run, tmp_path):
     old["model"] = {k: v for k, v in old["model"].items() if "router_context" not in k}
     old["model_args"] = {k: v for k, v in old["model_args"].items() if k != "router_context"}
     (tmp_path / "a").mkdir()
-    for f in ("config.json",):
-        (tmp_path / "a" / f).write_text((run / "adapt" / f).read_text())
+    (tmp_path / "a" / "config.json").write_text((run / "adapt" / "config.json").read_text())
     save_checkpoint(str(tmp_path / "a" / "adapt_keep_out.pt"), old)
     with pytest.raises(SystemExit, match="made by an earlier keep_out") as e:
         adapt_methods.main(["--preset", "tiny", "--adapt", "ja", "--from", str(run / "dmoe.pt"), "--adapt_steps", "6",

@@ -2,9 +2,10 @@
 Why keep_out cannot keep the old languages still: how often an old language's tokens reach the new expert.
 
 keep_out trains only the new expert (its router row is fitted once and kept fixed), so an old token
-that does not choose the new expert in any layer is computed exactly as before adaptation. Every change in an old language's perplexity comes
-from the tokens that the learned router sends to the new expert (it is in their top-k). This script
-measures, for each old language, that share in every MoE layer and the language's perplexity change.
+that does not choose the new expert in any layer is computed exactly as before adaptation. Every change
+in an old language's perplexity comes from the tokens that the learned router sends to the new expert
+(it is in their top-k). This script measures, for each old language, that share in every MoE layer
+and the language's perplexity change.
 
     python experiments/default/adapt_leak.py runs/adapt/def_s0_be_sr/adapt_keep_out.pt \
         --out experiments/default/adapt_leak_be_sr.json

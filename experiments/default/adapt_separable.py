@@ -23,7 +23,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import data  # noqa: E402
 from common import save_json  # noqa: E402
-from model import load_checkpoint, model_from_checkpoint  # noqa: E402
+from adapt import new_language_cache  # noqa: E402
+from model import load_checkpoint, model_from_checkpoint, prefix_mean  # noqa: E402
 
 
 def logistic(X, y, weight, steps=300):
@@ -55,8 +56,8 @@ def main():
     model = model_from_checkpoint(ck, "cpu").eval()
     T, old = ck["config"]["block_size"], data.Dataset.load(ck["config"]["data_cache"])
     new_langs = a.new.split(",")
-    new = data.Dataset.load(data.default_cache(a.new, ck["config"]["vocab_size"], ck["config"]["data_seed"])
-                            + "-vocab-of-" + os.path.basename(os.path.dirname(os.path.abspath(a.ckpt))))
+    new = data.Dataset.load(new_language_cache(a.new, ck["config"]["vocab_size"], ck["config"]["data_seed"], None,
+                                               os.path.dirname(os.path.abspath(a.ckpt))))
     seen = []
     hooks = [m.register_forward_pre_hook(lambda mod, args: seen.append(args[0].float())) for m in model.moe_modules()]
 
@@ -74,16 +75,15 @@ def main():
         held[lang] = d.eval_windows(lang, "val", T, a.windows)[0]
     y = torch.cat([torch.full((len(train[l]) * T,), float(l in new_langs)) for l in langs])
     wt = torch.cat([torch.full((len(train[l]) * T,), 1.0 / (len(train[l]) * T * len(langs))) for l in langs])
-    pos = torch.arange(1, T + 1).view(1, -1, 1)
-    feats = {"token": lambda h: h, "prefix": lambda h: torch.cat([h, h.cumsum(1) / pos], -1)}
+    feats = {"token": lambda h: h, "prefix": lambda h: torch.cat([h, prefix_mean(h)], -1)}
     res = {}
     h_train = {l: inputs(x) for l, x in train.items()}
     h_held = {l: inputs(x) for l, x in held.items()}
     for kind, f in feats.items():
         for i in range(len(model.moe_modules())):
-            X = torch.cat([f(h_train[l][i]).reshape(-1, f(h_train[l][i]).shape[-1]) for l in langs])
+            X = torch.cat([f(h_train[l][i]).flatten(0, 1) for l in langs])
             is_new = logistic(X, y, wt)
-            res[f"{kind} layer {i}"] = {l: float(is_new(f(h_held[l][i]).reshape(-1, X.shape[1])).float().mean()) for l in langs}
+            res[f"{kind} layer {i}"] = {l: float(is_new(f(h_held[l][i]).flatten(0, 1)).float().mean()) for l in langs}
     # unigram: a score per vocabulary id, averaged over the prefix
     u, b = torch.zeros(ck["config"]["vocab_size"], requires_grad=True), torch.zeros(1, requires_grad=True)
     Xu = torch.cat([train[l] for l in langs])
@@ -91,12 +91,12 @@ def main():
     wu = torch.cat([torch.full((len(train[l]), T), 1.0 / (len(train[l]) * T * len(langs))) for l in langs])
     opt = torch.optim.Adam([u, b], lr=0.05)
     for _ in range(400):
-        loss = (F.binary_cross_entropy_with_logits(u[Xu].cumsum(1) / pos[..., 0] + b, yu, reduction="none") * wu).sum()
+        loss = (F.binary_cross_entropy_with_logits(prefix_mean(u[Xu, None])[..., 0] + b, yu, reduction="none") * wu).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        res["unigram"] = {l: float(((u[x].cumsum(1) / pos[..., 0] + b) > 0).float().mean()) for l, x in held.items()}
+        res["unigram"] = {l: float(((prefix_mean(u[x, None])[..., 0] + b) > 0).float().mean()) for l, x in held.items()}
     for h in hooks:
         h.remove()
     print(f"{'classifier':<16} " + " ".join(f"{l:>5}" for l in langs) + "   (% of held-out tokens taken for new)")
