@@ -31,8 +31,8 @@ import torch.nn.functional as F
 import data
 import train
 from common import Env, save_json
-from config import RunDir, check_settings, parse_args
-from eval import evaluate, expert_affinity, summarize
+from config import PRESETS, RunDir, check_settings, parse_args
+from eval import evaluate, summarize
 from model import load_checkpoint, model_from_checkpoint, prefix_mean
 from tokenizer import Tokenizer
 from upcycle import add_expert
@@ -55,6 +55,19 @@ ALIASES = {"from": "adapt_from"}
 KEYS = ("adapt", "adapt_from", "adapt_steps", "adapt_lr", "adapt_replay", "adapt_margin", "adapt_old_weight", "router_alpha", "seed", "batch_size", "grad_accum",
         "data_dir", "data_cache", "max_tokens_per_lang", "data_seed", "weight_decay", "beta1", "beta2", "grad_clip",
         "warmup_frac", "min_lr_frac", "sample_alpha", "dtype")
+
+
+def expert_affinity(model, data, langs, split="val", block_size=None, max_windows=16, device=None, batch_size=16):
+    """Step 1. (n_langs, E) perplexity of each language with every MoE layer forced to expert e (docs/METHOD.md
+    §7: the argmin is the most similar expert, the one a new language's expert is copied from)."""
+    if not model.config.moe_layers:
+        raise ValueError("expert_affinity needs an MoE model (this one is dense)")
+    aff = np.zeros((len(langs), model.config.n_experts))
+    for e in range(aff.shape[1]):
+        res = evaluate(model, data, langs, split=split, block_size=block_size, max_windows=max_windows,
+                       force_expert=e, device=device, batch_size=batch_size)
+        aff[:, e] = [res[l]["ppl"] for l in langs]
+    return aff
 
 
 def moe_only(model):
@@ -211,7 +224,7 @@ def main(argv, extra_methods=None):
     {name: fn(new_expert, best, worst, cfg) -> the adapted model}, run after the paper's (an ablation's
     methods, ablations/adapt_methods.py)."""
     extra_methods = extra_methods or {}
-    cfg = parse_args(argv, DEFAULTS, train.PRESETS, ALIASES, __doc__)
+    cfg = parse_args(argv, DEFAULTS, PRESETS, ALIASES, __doc__, prog="adapt.py")
     check_settings(cfg, train.VARIANTS, pipeline=False)
     wanted = check_adapt_settings(cfg, METHODS[:-1] + tuple(extra_methods) + METHODS[-1:])
     if not cfg["adapt_from"]:

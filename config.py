@@ -1,7 +1,8 @@
 """
 Settings from the command line, checked before any work, and the run directory they are recorded in.
 
-    parse_args      --key value / --key=value over train.py's module-level defaults and its presets
+    PRESETS         the named overrides of train.py's module-level defaults (--preset tiny, planted, gpu, ...)
+    parse_args      --key value / --key=value over train.py's module-level defaults and a preset
     check_settings  every setting that could only fail later (or silently train nonsense), one line each
     RunDir          OUT/: a lock (one run at a time) and config.json (one set of settings per folder)
     and the checks of a run folder and its data cache that train.py makes before any work.
@@ -19,8 +20,39 @@ from model import load_checkpoint
 
 GROUP_METHODS = ("agglomerative", "minmax", "seed")
 
+# presets: train.py's module-level defaults are the `default` preset; each other one overrides some of them
+PRESETS = {
+    "default": {},
+    # every stage at toy size: a smoke test of the whole pipeline in well under two minutes on a CPU
+    "tiny": dict(vocab_size=1024, n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=8,
+                 base_steps=60, profile_steps=2, profile_batch=4, profile_repeats=1, profile_windows=16, n_groups=3,
+                 stage1_steps=6, stage2_steps=24, eval_interval=30, eval_windows=2, ckpt_interval=50,
+                 base_langs="all", eps=0.6, lr=5e-4, variants="cpt,dmoe,random,all_layers"),
+    # one GPU, bundled corpus: the default's regime (base on BLOOM's 10 languages, every layer MoE, 9
+    # groups), sized from the CPU map (docs/EXPERIMENTS.md §5) since a GPU makes steps cheap: twice the
+    # width (1.9M parameters), 32 x 128-token batches, the default's 3.3M base tokens (800 steps) and
+    # twice its tokens after base (100 + 900 steps = 4.1M tokens: on the map the MoE gain grew with the
+    # tokens after base, and twice the default's was its best point), lr after base the default's 2/5 of base_lr
+    "gpu": dict(n_head=4, n_embd=128, batch_size=32, base_steps=800, base_lr=3e-3, lr=1.2e-3, profile_windows=512,
+                log_interval=10, eval_interval=100, eval_windows=64),
+    # the planted world of corpora/planted.py (12 languages in 4 known families, a new world per --seed):
+    # a model whose FFN holds about one family's table, on a CPU in under 3 minutes. block_size 256 keeps
+    # the profile on the tables: a window's first marker, which no model can predict, adds the same
+    # gradient to every window of a language, and longer windows dilute it. eps 0: both layers MoE (at
+    # d = 32 the tables live in both FFNs). Why each setting: docs/EXPERIMENTS.md §4
+    "planted": dict(data_dir="planted", langs="12", out="out-planted", vocab_size=832, n_layer=2, n_head=2,
+                    n_embd=32, block_size=256, batch_size=8, base_steps=3000, base_lr=1e-2, profile_windows=180,
+                    n_groups=4, eps=0.0, stage1_steps=500, stage2_steps=500, lr=3e-3, variants="cpt,dmoe,random"),
+    # one GPU, a user corpus (--data_dir): GPT-2-small shape (111M parameters), 0.5M-token batches;
+    # base 5,000 steps = 2.6B tokens = 24 tokens per parameter (Chinchilla-optimal is ~20), then 0.5B more
+    "gpu_large": dict(vocab_size=32768, n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=32,
+                      grad_accum=16, base_lr=6e-4, base_steps=5000, profile_windows=1024, last_layers=3, stage1_steps=100,
+                      stage2_steps=900, lr=3e-4, log_interval=10, eval_interval=500, eval_windows=100,
+                      ckpt_interval=250, n_groups=6, eps=0.6, variants="cpt,dmoe,random,all_layers"),
+}
 
-def parse_args(argv, defaults, presets, aliases=None, doc=""):
+
+def parse_args(argv, defaults, presets, aliases=None, doc="", prog="train.py"):
     """`--key value` or `--key=value` for every key of `defaults`; a --preset first, explicit keys win.
     Returns the settings dict."""
     given, i = {}, 0
@@ -43,7 +75,7 @@ def parse_args(argv, defaults, presets, aliases=None, doc=""):
             val, i = argv[i + 1], i + 1
         i += 1
         if key not in defaults:
-            raise SystemExit(f"error: unknown setting --{key}; see python train.py --help")
+            raise SystemExit(f"error: unknown setting --{key}; see python {prog} --help")
         given[key] = val
     cfg = dict(defaults)
     p = given.get("preset", cfg["preset"])

@@ -305,23 +305,6 @@ def report(cfg, env, dataset, lang_list, base_langs, names, grp, random_groups, 
     return results
 
 
-# -----------------------------------------------------------------------------
-# expert affinity (the paper's choice of the expert a new language starts from, adapt.py)
-
-
-def expert_affinity(model, data, langs, split="val", block_size=None, max_windows=16, device=None, batch_size=16):
-    """(n_langs, E) perplexity of each language with every MoE layer forced to expert e (docs/METHOD.md
-    §7: the argmin is the most similar expert, the one a new language's expert is copied from)."""
-    if not model.config.moe_layers:
-        raise ValueError("expert_affinity needs an MoE model (this one is dense)")
-    aff = np.zeros((len(langs), model.config.n_experts))
-    for e in range(aff.shape[1]):
-        res = evaluate(model, data, langs, split=split, block_size=block_size, max_windows=max_windows,
-                       force_expert=e, device=device, batch_size=batch_size)
-        aff[:, e] = [res[l]["ppl"] for l in langs]
-    return aff
-
-
 def load_results(path):
     """train.py's results.json (or a run directory holding one) as a dict; a one-line SystemExit when it
     is not JSON or not a results dict."""

@@ -26,7 +26,7 @@ from tqdm import tqdm
 import data
 import group
 from common import Env, data_fingerprint, save_json, stale_data
-from config import (RunDir, check_profile_langs, check_settings, default_data_cache, parse_args,
+from config import (PRESETS, RunDir, check_profile_langs, check_settings, default_data_cache, parse_args,
                     refuse_another_runs_cache, resolve_base_langs, trained_on)
 from eval import evaluate, report
 from model import GPT, GPTConfig, adam_by_name, load_adam_by_name, load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -43,7 +43,7 @@ max_tokens_per_lang = 0      # read at most this many tokens of each language of
 vocab_size = 8192            # compact vocabulary: 256 bytes + EOT + the most frequent o200k tokens
 seed = 0                     # every random choice of training: init, batches, profiling, random groups
 data_seed = 0                # the train/val split of the documents (apart, so that seeds share a test set)
-preset = "default"           # default | tiny | planted | gpu | gpu_large   (see PRESETS below)
+preset = "default"           # default | tiny | planted | gpu | gpu_large   (config.PRESETS: what each changes)
 base_langs = "auto"          # the dense base's languages: all | auto | a comma list. auto, for --langs 18 on the
                              # bundled text, is the paper's situation: the 10 of BLOOM's corpus (the other 8
                              # are new after base); for any other language set, all. Every later stage: all.
@@ -104,36 +104,6 @@ dtype = "auto"               # auto (bf16 on cuda if supported, else fp32) | flo
 compile = "auto"             # auto (on for cuda) | True | False
 # ----------------------------------------------------------------------------------------------------
 
-PRESETS = {
-    "default": {},
-    # every stage at toy size: a smoke test of the whole pipeline in well under two minutes on a CPU
-    "tiny": dict(vocab_size=1024, n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=8,
-                 base_steps=60, profile_steps=2, profile_batch=4, profile_repeats=1, profile_windows=16, n_groups=3,
-                 stage1_steps=6, stage2_steps=24, eval_interval=30, eval_windows=2, ckpt_interval=50,
-                 base_langs="all", eps=0.6, lr=5e-4, variants="cpt,dmoe,random,all_layers"),
-    # one GPU, bundled corpus: the default's regime (base on BLOOM's 10 languages, every layer MoE, 9
-    # groups), sized from the CPU map (docs/EXPERIMENTS.md §5) since a GPU makes steps cheap: twice the
-    # width (1.9M parameters), 32 x 128-token batches, the default's 3.3M base tokens (800 steps) and
-    # twice its tokens after base (100 + 900 steps = 4.1M tokens: on the map the MoE gain grew with the
-    # tokens after base, and twice the default's was its best point), lr after base the default's 2/5 of base_lr
-    "gpu": dict(n_head=4, n_embd=128, batch_size=32, base_steps=800, base_lr=3e-3, lr=1.2e-3, profile_windows=512,
-                log_interval=10, eval_interval=100, eval_windows=64),
-    # the planted world of corpora/planted.py (12 languages in 4 known families, a new world per --seed):
-    # a model whose FFN holds about one family's table, on a CPU in under 3 minutes. block_size 256 keeps
-    # the profile on the tables: a window's first marker, which no model can predict, adds the same
-    # gradient to every window of a language, and longer windows dilute it. eps 0: both layers MoE (at
-    # d = 32 the tables live in both FFNs). Why each setting: docs/EXPERIMENTS.md §4
-    "planted": dict(data_dir="planted", langs="12", out="out-planted", vocab_size=832, n_layer=2, n_head=2,
-                    n_embd=32, block_size=256, batch_size=8, base_steps=3000, base_lr=1e-2, profile_windows=180,
-                    n_groups=4, eps=0.0, stage1_steps=500, stage2_steps=500, lr=3e-3, variants="cpt,dmoe,random"),
-    # one GPU, a user corpus (--data_dir): GPT-2-small shape (111M parameters), 0.5M-token batches;
-    # base 5,000 steps = 2.6B tokens = 24 tokens per parameter (Chinchilla-optimal is ~20), then 0.5B more
-    "gpu_large": dict(vocab_size=32768, n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=32,
-                      grad_accum=16, base_lr=6e-4, base_steps=5000, profile_windows=1024, last_layers=3, stage1_steps=100,
-                      stage2_steps=900, lr=3e-4, log_interval=10, eval_interval=500, eval_windows=100,
-                      ckpt_interval=250, n_groups=6, eps=0.6, variants="cpt,dmoe,random,all_layers"),
-}
-ALIASES = {}
 DEFAULTS = {k: v for k, v in list(globals().items())
             if not k.startswith("_") and isinstance(v, (int, float, str, bool)) and k.islower()}
 VARIANTS = ("cpt", "dmoe", "random", "all_layers")
@@ -400,7 +370,7 @@ class TrainLog:
 def main(argv):
     if any(a.split("=")[0] in ("--adapt", "--from", "--adapt_from") for a in argv):
         raise SystemExit("error: adding languages is its own command: python adapt.py --adapt be,sr --from out/dmoe.pt")
-    cfg = parse_args(argv, DEFAULTS, PRESETS, ALIASES, __doc__)
+    cfg = parse_args(argv, DEFAULTS, PRESETS, doc=__doc__)
     if cfg["data_dir"] == "planted":       # the synthetic world where the right groups are known, one per seed
         from corpora import planted
         cfg["data_dir"] = planted.write(os.path.join("data_cache", f"planted-{cfg['seed']}"), cfg["seed"])

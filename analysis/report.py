@@ -23,7 +23,8 @@ sys.path.insert(0, ROOT)
 import group  # noqa: E402
 from analysis import plots  # noqa: E402
 from common import default_device  # noqa: E402
-from eval import _autocast as autocast, check_cli, each_checkpoint, expert_affinity, load_results, summarize  # noqa: E402
+from adapt import expert_affinity  # noqa: E402
+from eval import _autocast as autocast, check_cli, each_checkpoint, load_results, summarize  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # where the learned router sends each language

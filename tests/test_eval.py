@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import adapt
 import eval as E
 from analysis import plots
 from analysis import report as R
@@ -190,7 +191,7 @@ def test_dense_checkpoint_and_upcycled_moe_agree(data, tmp_path, monkeypatch, ca
 
 def test_expert_affinity(data):
     moe = tiny_moe()
-    aff = E.expert_affinity(moe, data, LANGS, max_windows=2)
+    aff = adapt.expert_affinity(moe, data, LANGS, max_windows=2)
     assert aff.shape == (3, 3) and np.isfinite(aff).all()
     assert "best" in plots.affinity_report(aff, LANGS, LANG_TO_EXPERT)
 
