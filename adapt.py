@@ -4,7 +4,8 @@ New-language adaptation (docs/METHOD.md §7): give a trained DMoE model language
     python adapt.py --adapt be,sr --from out/dmoe.pt
 
 1. Which existing expert is closest to the new languages? Their perplexity with every MoE layer forced
-   to expert e, for each e; the lowest wins.
+   to expert e, for each e, on their training text (the held-out text is what the report scores); the
+   lowest wins.
 2. Add one expert (in every MoE layer): a copy of that expert's FFN and of its router row (upcycle.add_expert).
 3. Train it on the new languages, routed to the new expert, in one of these ways (same batches, --adapt_lr):
    similar      the paper's: every MoE weight (experts and routers) trains, with the router loss;
@@ -30,10 +31,10 @@ import torch.nn.functional as F
 
 import data
 import train
-from common import Env, save_json
+from common import Env, find_data_cache, save_json, stale_data
 from config import PRESETS, RunDir, check_settings, parse_args
 from eval import evaluate, summarize
-from model import load_checkpoint, model_from_checkpoint, prefix_mean
+from model import model_from_checkpoint, prefix_mean
 from tokenizer import Tokenizer
 from upcycle import add_expert
 
@@ -150,8 +151,15 @@ def fit_new_router_rows(model, inputs, top_k, margin, old_weight=4.0, steps=1000
         new = W.shape[0] - 1
         x_new, x_old, lang = x_new.to(W.device), x_old.to(W.device), lang.to(W.device)
         f_new, f_old = (torch.cat([x, prefix_mean(x)], -1).reshape(-1, 2 * C) for x in (x_new, x_old))
-        first = (f_new[:, :C] @ W[:new].float().T).max(dim=-1).values                  # (N,) best old logit
-        kth = (f_old[:, :C] @ W[:new].float().T).topk(min(top_k, new), dim=-1).values[:, -1]   # (M,) k-th
+        Wc = moe.router_context.weight.detach()[:new].float()
+
+        def old_logits(f):
+            # (rows, new) the old experts' logits; their context rows are zero unless this model was adapted before
+            z = f[:, :C] @ W[:new].float().T
+            return z + f[:, C:] @ Wc.T if Wc.any() else z
+
+        first = old_logits(f_new).max(dim=-1).values                                     # (N,) best old logit
+        kth = old_logits(f_old).topk(min(top_k, new), dim=-1).values[:, -1]              # (M,) k-th
         weight = 1.0 / torch.bincount(lang)[lang].float()
         weight = weight / weight.sum()                                                   # every old language alike
         w = torch.cat([W[new].float(), moe.router_context.weight[new].detach().float()]).requires_grad_(True)
@@ -253,7 +261,21 @@ def main(argv, extra_methods=None):
         raise SystemExit(f"error: {e}")
     run_dir = os.path.dirname(os.path.abspath(cfg["adapt_from"]))
     variant = os.path.splitext(os.path.basename(cfg["adapt_from"]))[0]
-    if cfg["out"] == DEFAULTS["out"]:   # one folder per new languages and source model
+    # the old languages' tokens: the ones the source model was trained on, or a one-line refusal
+    old_cache = find_data_cache(src, cfg["adapt_from"])
+    try:
+        old_data = data.Dataset.load(old_cache)
+    except FileNotFoundError as e:
+        raise SystemExit(f"error: {cfg['adapt_from']}'s data cache: {e}")
+    why = stale_data(src, old_data)
+    if why:
+        raise SystemExit(f"error: {cfg['adapt_from']} {why}; restore the data cache it was trained on ({old_cache})")
+    cpt_path = os.path.join(run_dir, "cpt.pt")
+    cpt_src = train.checkpoint_or_exit(cpt_path) if "cpt" in wanted and os.path.exists(cpt_path) else None
+    if cpt_src is not None and not cpt_src.get("done"):
+        raise SystemExit(f"error: {cpt_path} is an unfinished stage (the dense baseline); finish its train.py run, "
+                         f"or leave cpt out of --adapt_methods")
+    if not any(a == "--out" or a.startswith("--out=") for a in argv):   # one folder per new languages and source model
         cfg["out"] = os.path.join(run_dir, f"adapt-{'_'.join(new_langs)}-from-{variant}")
     cfg["adapt_from"] = os.path.abspath(cfg["adapt_from"])
     for k in ("block_size", "vocab_size", "top_k"):
@@ -263,17 +285,18 @@ def main(argv, extra_methods=None):
     env = Env(cfg)
     run = RunDir(cfg, keys=KEYS).open() if env.master else None
     new_data = train.load_data(cfg, env, new_langs, tokenizer=Tokenizer.from_state_dict(src["vocab"]))
-    old_data = data.Dataset.load(old_cfg["data_cache"])
     if env.master:
         run.write_config()
     model = model_from_checkpoint(src, env.device)
     old_l2e = src["lang_to_expert"]
 
-    # 1. the closest expert: perplexity of the new languages with every MoE layer forced to e
-    aff = expert_affinity(model, new_data, new_langs, block_size=cfg["block_size"], max_windows=cfg["eval_windows"])
+    # 1. the closest expert: perplexity of the new languages with every MoE layer forced to e, on their
+    #    training text (choosing on the held-out text would select on what the report scores)
+    aff = expert_affinity(model, new_data, new_langs, split="train", block_size=cfg["block_size"],
+                          max_windows=cfg["eval_windows"])
     mean_aff = np.exp(np.log(aff).mean(axis=0))      # (E,) geometric mean ppl over the new languages
     best, worst = int(mean_aff.argmin()), int(mean_aff.argmax())
-    env.print(f"[adapt] expert affinity (ppl of {','.join(new_langs)} with every MoE layer forced to e): "
+    env.print(f"[adapt] expert affinity (ppl of {','.join(new_langs)} with every MoE layer forced to e, training text): "
               + "  ".join(f"e{e} {p:.1f}" for e, p in enumerate(mean_aff))
               + f"  -> copy e{best} (least similar: e{worst})")
 
@@ -295,7 +318,7 @@ def main(argv, extra_methods=None):
                                        cfg["seed"])
                 hinge = fit_new_router_rows(m, inputs, m.config.top_k, cfg["adapt_margin"], cfg["adapt_old_weight"])
                 env.print(f"[adapt_{name}] new router rows fitted: hinge " + " ".join(f"{h:.3f}" for h in hinge))
-            elif not load_checkpoint(path)["model_args"].get("router_context"):
+            elif not train.checkpoint_or_exit(path)["model_args"].get("router_context"):
                 raise SystemExit(f"error: {path} was made by an earlier keep_out (its router has no context "
                                  f"part); delete it and run again to adapt with today's keep_out")
         stage = train.Stage(f"adapt_{name}", cfg["adapt_steps"], cfg["adapt_lr"], "adapt", routing="group",
@@ -310,12 +333,11 @@ def main(argv, extra_methods=None):
         # the new expert first for new tokens, below every old token's k-th choice
         "keep_out": lambda: new_expert("keep_out", best, new_expert_alone, fit_row=True)}
     models = {"before": model, **{name: make() for name, make in methods.items() if name in wanted}}
-    cpt_path = os.path.join(run_dir, "cpt.pt")
-    if "cpt" in wanted and os.path.exists(cpt_path):   # the dense baseline: all of cpt fine-tuned, same batches
-        models["cpt_before"] = model_from_checkpoint(load_checkpoint(cpt_path), env.device)
+    if cpt_src is not None:   # the dense baseline: all of cpt fine-tuned, same batches
+        models["cpt_before"] = model_from_checkpoint(cpt_src, env.device)
         models["cpt_finetune"], _ = train.train_stage(
             cfg, env, new_data, train.Stage("adapt_cpt", cfg["adapt_steps"], cfg["adapt_lr"], "adapt"),
-            model_from_checkpoint(load_checkpoint(cpt_path), env.device))
+            model_from_checkpoint(cpt_src, env.device))
     if not env.master:
         return None
 

@@ -15,6 +15,7 @@ import os
 import sys
 
 import data
+import group
 from common import check_device, save_json, unwritable
 from model import load_checkpoint
 
@@ -23,7 +24,7 @@ GROUP_METHODS = ("agglomerative", "minmax", "seed")
 # presets: train.py's module-level defaults are the `default` preset; each other one overrides some of them
 PRESETS = {
     "default": {},
-    # every stage at toy size: a smoke test of the whole pipeline in well under two minutes on a CPU
+    # every stage at toy size: a smoke test of the whole pipeline in seconds on a CPU
     "tiny": dict(vocab_size=1024, n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=8,
                  base_steps=60, profile_steps=2, profile_batch=4, profile_repeats=1, profile_windows=16, n_groups=3,
                  stage1_steps=6, stage2_steps=24, eval_interval=30, eval_windows=2, ckpt_interval=50,
@@ -144,7 +145,7 @@ def check_settings(cfg, known_variants, pipeline=True):
     need(cfg["profile_method"] in ("adam", "gradient"), f"--profile_method {cfg['profile_method']!r}: choose adam or gradient")
     need(cfg["profile_split"] in ("parallel", "train"), f"--profile_split {cfg['profile_split']!r}: choose parallel or train")
     need(cfg["profile_method"] == "adam" or cfg["profile_windows"] >= cfg["profile_repeats"],
-         "--profile_windows must be at least --profile_repeats (every half needs a window)")
+         "--profile_windows must be at least --profile_repeats (every repeat needs a window)")
     need(cfg["group_method"] in GROUP_METHODS,
          f"--group_method {cfg['group_method']!r}: choose one of {', '.join(GROUP_METHODS)}")
     need(cfg["device"] in ("auto", "cpu", "cuda", "mps") or cfg["device"].startswith("cuda:"),
@@ -175,6 +176,9 @@ def check_settings(cfg, known_variants, pipeline=True):
     need(n >= 2, f"--langs {cfg['langs']}: the method groups languages; give at least 2")
     need(2 <= cfg["n_groups"] <= n, f"--n_groups must be in 2..{n} (the number of languages), got {cfg['n_groups']}")
     need(cfg["top_k"] <= cfg["n_groups"], f"--top_k {cfg['top_k']} > --n_groups {cfg['n_groups']} experts")
+    need(cfg["group_method"] != "minmax" or group.minmax_subsets(n, cfg["n_groups"]) <= group.MAX_SUBSETS,
+         f"--group_method minmax would search {group.minmax_subsets(n, cfg['n_groups']):,} subsets for {n} languages "
+         f"in {cfg['n_groups']} groups (at most {group.MAX_SUBSETS:,}); use --group_method seed or agglomerative")
     return lang_list
 
 

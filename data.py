@@ -99,7 +99,7 @@ class Dataset:
     def load(cls, out_dir):
         path = os.path.join(out_dir, "meta.json")
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"no meta.json in {out_dir}: run `python corpora/prepare.py --langs 18 --out {out_dir}`")
+            raise FileNotFoundError(f"no meta.json in {out_dir}: make it with `python corpora/prepare.py --langs LANGS --out {out_dir}`")
         with open(path, encoding="utf-8") as f:
             return cls(out_dir, json.load(f))
 

@@ -1,6 +1,6 @@
 """
 Evaluation of nanoDMoE models (docs/METHOD.md §8): per-language held-out loss / perplexity / bits per
-byte, and expert affinity (§7, the expert a new language starts from).
+byte, the table, and train.py's final report (results.json).
 
     python eval.py out/cpt.pt out/dmoe.pt                    # compare checkpoints (vs --baseline cpt)
     python eval.py out                                       # every variant of a train.py run directory
@@ -248,7 +248,7 @@ def report(cfg, env, dataset, lang_list, base_langs, names, grp, random_groups, 
     results.update(langs=lang_list, data_fingerprint=data_fingerprint(dataset),
                    groups=grp["groups"], moe_layers=grp["moe_layers"],
                    random_groups=random_groups,
-                   # the profile's stability: similarities of the repeats (disjoint halves of the text)
+                   # the profile's stability: similarities of the repeats (disjoint parts of the text; adam: other batches)
                    # correlated, and the groups each repeat alone gives, compared by adjusted Rand index
                    profile_stability={"repeat_corr": grp.get("repeat_corr"), "repeat_ari": grp.get("repeat_ari")})
     new_langs = [l for l in lang_list if l not in base_langs]

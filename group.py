@@ -71,6 +71,14 @@ def _check(S, langs, k):
 
 MAX_SUBSETS = 5_000_000  # exhaustive search limit for group_minmax (C(18,9) = 48,620)
 
+
+def minmax_subsets(n, k):
+    """The largest number of subsets group_minmax would search for n languages in k groups."""
+    sizes, left, most = balanced_sizes(n, k), n, 0
+    for size in sizes[:-1]:
+        most, left = max(most, math.comb(left, size)), left - size
+    return most
+
 def group_minmax(S, langs, k):
     """The paper's 18-language rule. While languages remain: among all subsets of the remaining
     languages of the next group size, pick the one with the smallest maximum pairwise distance;
@@ -87,7 +95,7 @@ def group_minmax(S, langs, k):
             best = tuple(remaining)
         else:
             n_sub = math.comb(len(remaining), size)
-            if n_sub > MAX_SUBSETS:
+            if n_sub > MAX_SUBSETS:   # train.py refuses this before any work (config.check_settings)
                 raise ValueError(f"minmax would search C({len(remaining)},{size}) = {n_sub:,} subsets; "
                                  f"use --method seed or agglomerative for this many languages")
             best, best_key = None, None
@@ -327,7 +335,7 @@ def make_groups(profile, k, method="agglomerative", eps=0.6, seed=0, linkage="co
     (D_l, mean FFN deviation per layer), layer_dev_norm (D^_l), attn_layer_dev, merges (agglomerative tree, else []), similarity,
     group_similarity (mean within-group similarity), and, when the profile has per-repeat
     similarities, repeat_groups/repeat_rand: the grouping redone on each repeat's similarity alone and
-    its Rand agreement with the final groups -- the stability check of docs/METHOD.md §4."""
+    its Rand agreement with the final groups -- the stability check of the repeats (docs/METHOD.md §2)."""
     langs = list(profile["langs"])
     if profile.get("similarity") is not None:
         S = np.asarray(profile["similarity"], dtype=np.float64)

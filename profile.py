@@ -1,8 +1,10 @@
 """
 Parameter-deviation profiling of languages (docs/METHOD.md §2).
 
-For each language x: copy the dense model, fine-tune ALL its parameters on x alone for a few AdamW
-steps, and measure how far the weights moved, Δθ^x = θ^x - θ:
+For each language x: how far would the dense model's weights move if it learned x alone, Δθ^x?
+  gradient (the default): one SGD step's worth, -lr * the gradient of x's loss on fixed windows of its text;
+  adam (the paper's): copy the model, fine-tune ALL its parameters on x alone for a few AdamW steps, θ^x - θ.
+Then:
   ffn_dev[x][l]  = ||ΔW_FFN,l||_2   the layer's two FFN weight matrices, flattened together (no biases)
   attn_dev[x][l] = ||ΔW_attn,l||_2  the layer's attention weights (qkv + output projection, no biases)
   v^x            = the FFN weight deltas of the last `last_layers` layers, flattened: the language's
@@ -226,7 +228,7 @@ def profile_languages(model, data, langs, method="gradient", steps=10, lr=1e-4, 
             if method == "gradient":
                 x, y = sample[lang]
                 deltas, losses = gradient_deltas(model, data, lang, sorted(names), lr,
-                                                 (x.chunk(repeats)[r].contiguous(), y.chunk(repeats)[r].contiguous()),
+                                                 (x.tensor_split(repeats)[r].contiguous(), y.tensor_split(repeats)[r].contiguous()),
                                                  block_size, device, batch_size, seed + r)
             else:
                 deltas, losses = finetune_deltas(model, data, lang, names, steps, lr, batch_size, block_size,
@@ -358,8 +360,8 @@ def cli(argv=None):
     if ckpt["model_args"].get("moe_layers"):
         raise SystemExit(f"error: {args.ckpt} is an MoE checkpoint; the profile measures a dense one (out/base.pt)")
     if stale_data(ckpt, data):
-        raise SystemExit(f"error: {args.ckpt} was trained with another vocabulary than {cache} holds; "
-                         f"pass the --data_cache it was trained on")
+        raise SystemExit(f"error: {args.ckpt} was trained on other tokens than {cache} holds (another corpus "
+                         f"or vocabulary); pass the --data_cache it was trained on")
     n_layer = ckpt["model_args"]["n_layer"]
     if kw["last_layers"] is not None and not 1 <= kw["last_layers"] <= n_layer:
         raise SystemExit(f"error: --last_layers {kw['last_layers']}: choose 1..{n_layer} (the model's layers), "

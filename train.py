@@ -165,8 +165,8 @@ def train_stage(cfg, env, dataset, stage, model, adam=None):
     state a previous stage ended with, {param name: state}; None = fresh). Returns (model, its AdamW state).
     If OUT/<stage.name>.pt is a finished stage, return that instead; if a killed run left it unfinished,
     continue it (and not `model`). Under DDP every rank draws the same global batch and trains on its own
-    slice of it, so the update is a single process's with that global batch; only rank 0 logs and writes,
-    but every rank checkpoints."""
+    slice of it, so the update is a single process's with that global batch; only rank 0 logs and writes
+    (every rank waits for its checkpoints)."""
     path = os.path.join(cfg["out"], stage.name + ".pt")
     ckpt = checkpoint_or_exit(path) if os.path.exists(path) else None
     if ckpt is not None and not ckpt.get("done") and not cfg["resume"]:
@@ -239,7 +239,7 @@ def train_stage(cfg, env, dataset, stage, model, adam=None):
     def stop_if_diverged():   # a .item(): waits for the device, so only where we sync anyway
         if first_bad.item() >= 0:
             raise SystemExit(f"error: [{stage.name}] the loss (or its gradient) is not finite at step "
-                             f"{first_bad.item() + 1}; {kept()}; lower the learning rate (--{'base_lr' if stage.name == 'base' else 'lr'})")
+                             f"{first_bad.item() + 1}; {kept()}; lower the learning rate (--{'base_lr' if stage.name == 'base' else 'adapt_lr' if stage.batches == 'adapt' else 'lr'})")
 
     ckpt_step = step
     model.train()
@@ -470,7 +470,8 @@ def load_data(cfg, env, lang_list, cache=None, tokenizer=None):
         if not env.master:
             dataset = data.Dataset.load(cache)
         for l in lang_list:   # fail now, not an hour in, if a language is too short for the block
-            dataset.eval_windows(l, "val", cfg["block_size"], 1)
+            for split in ("train", "val"):
+                dataset.eval_windows(l, split, cfg["block_size"], 1)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}")
     return dataset

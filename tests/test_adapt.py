@@ -197,3 +197,59 @@ def test_train_py_points_to_adapt_py():
     with pytest.raises(SystemExit, match=r"python adapt.py --adapt be,sr --from out/dmoe.pt") as e:
         train.main(["--adapt", "be", "--from", "out/dmoe.pt"])
     assert "\n" not in str(e.value)
+
+
+def test_the_source_models_tokens_are_found_or_refused_in_one_line(run, tmp_path, monkeypatch):
+    """The old languages are scored on the cache the source model was trained on, found as eval.py finds it
+    (relative to where training ran, or beside the checkpoint), and a cache of other tokens or an
+    unfinished cpt baseline is refused in one line before any work."""
+    src = load_checkpoint(str(run / "dmoe.pt"))
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    monkeypatch.chdir(moved)   # training ran elsewhere: the checkpoint's relative data_cache is not here
+    src["config"] = dict(src["config"], data_cache="nowhere-cache")
+    save_checkpoint(str(tmp_path / "dmoe.pt"), src)
+    with pytest.raises(SystemExit, match="dmoe.pt's data cache: no meta.json in nowhere-cache") as e:
+        A.main(["--preset", "tiny", "--adapt", "ja", "--from", str(tmp_path / "dmoe.pt"), "--out", str(tmp_path / "a")])
+    assert "\n" not in str(e.value) and not (tmp_path / "a").exists()
+    stale = load_checkpoint(str(run / "dmoe.pt"))
+    stale["data_fingerprint"] = "0" * 16
+    save_checkpoint(str(tmp_path / "dmoe.pt"), stale)
+    with pytest.raises(SystemExit, match="was made from other tokens") as e:
+        A.main(["--preset", "tiny", "--adapt", "ja", "--from", str(tmp_path / "dmoe.pt"), "--out", str(tmp_path / "b")])
+    assert "\n" not in str(e.value) and not (tmp_path / "b").exists()
+    rundir = tmp_path / "run"
+    rundir.mkdir()
+    save_checkpoint(str(rundir / "dmoe.pt"), load_checkpoint(str(run / "dmoe.pt")))
+    cpt = load_checkpoint(str(run / "cpt.pt"))
+    cpt.update(done=False, step=3)
+    save_checkpoint(str(rundir / "cpt.pt"), cpt)
+    with pytest.raises(SystemExit, match=r"cpt.pt is an unfinished stage \(the dense baseline\)") as e:
+        A.main(["--preset", "tiny", "--adapt", "ja", "--from", str(rundir / "dmoe.pt"), "--out", str(tmp_path / "c")])
+    assert "\n" not in str(e.value) and not (tmp_path / "c").exists()
+
+
+def test_the_new_row_is_fitted_against_the_old_rows_as_they_are():
+    """A model adapted before has non-zero context rows for its old experts: the new row's margins are
+    fitted against the old logits those rows give (router_logits), not against their token part alone."""
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    C = 16
+    model = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=C, moe_layers=[0], n_experts=3,
+                          top_k=1, router_context=True))
+    moe = model.moe_modules()[0]
+    e1 = torch.zeros(C)
+    e1[0] = 1.0
+    with torch.no_grad():
+        moe.router.weight[:2] = 0.1 * torch.randn(2, C)
+        moe.router_context.weight[:2] = -5.0 * e1     # old text (prefix along +e1) pushes the old logits down
+        moe.router.weight[2], moe.router_context.weight[2] = 0.0, 0.0
+    x_old = torch.randn(32, 8, C) * 0.3 + 2.0 * e1    # old languages' router inputs
+    x_new = torch.randn(32, 8, C) * 0.3 - 2.0 * e1    # new ones'
+    lang = torch.arange(32).repeat_interleave(8) % 2
+    A.fit_new_router_rows(model, [(x_new, x_old, lang)], top_k=1, margin=1.0, old_weight=4.0, steps=500)
+    with torch.no_grad():
+        old_top = moe.router_logits(x_old).argmax(-1)
+        new_top = moe.router_logits(x_new).argmax(-1)
+    assert (old_top == 2).float().mean() < 0.02       # old tokens keep an old expert first
+    assert (new_top == 2).float().mean() > 0.98       # new tokens choose the new expert

@@ -33,6 +33,15 @@ class FakeData:
         y = torch.stack([s[i + 1:i + 1 + block_size] for i in ix])  # (B, T)
         return x.to(device), y.to(device)
 
+    def tokens(self, lang, split):
+        return self.streams[lang].numpy()
+
+    def spread_windows(self, lang, split, block_size, n):
+        s = self.streams[lang]
+        starts = torch.linspace(0, len(s) - block_size - 1, n).long()
+        x = torch.stack([s[i:i + block_size] for i in starts])  # (n, T)
+        return x, torch.stack([s[i + 1:i + 1 + block_size] for i in starts])
+
 
 def stream(seed, n=2000, lo=0, hi=64):
     return np.random.default_rng(seed).integers(lo, hi, size=n)
@@ -109,6 +118,18 @@ def test_deviations_shapes_values_and_identical_data(model, data):
     # more vector layers
     prof2 = P.profile_languages(model, data, ["a", "c"], **QUICK, repeats=1, last_layers=2)
     assert prof2["vector_layers"] == [2, 3] and prof2["vectors"].shape == (2, 2 * 2 * 16 * 64)
+
+
+def test_every_gradient_repeat_reads_its_own_windows(model, data):
+    """6 windows in 4 repeats: every repeat gets a part (torch.chunk would make 3 parts and the 4th repeat
+    would fail after the base had trained)."""
+    prof = P.profile_languages(model, data, ["a", "c"], method="gradient", lr=1e-3, batch_size=4, block_size=16,
+                               windows=6, repeats=4, progress=False)
+    assert len(prof["similarity_repeats"]) == 4
+    for l in ("a", "c"):
+        rep = np.array(prof["ffn_dev_repeats"][l])   # (repeats, layers)
+        assert rep.shape == (4, 4) and (rep > 0).all()
+        assert len({tuple(r) for r in rep.round(12)}) == 4   # four different parts of the text
 
 
 def test_only_ffn_weight_matrices_are_counted(model, data):

@@ -42,6 +42,7 @@ def run(out, cache, *extra):
     (["--group_method", "kmeans"], "--group_method 'kmeans'"),
     (["--router_alpha2", "-1"], "--router_alpha2 must be 0 or more"),
     (["--vocab_size", "10000000"], "--vocab_size 10000000 is more than o200k has"),
+    (["--langs", "26", "--group_method", "minmax"], "--group_method minmax would search 10,400,600 subsets"),
     pytest.param(["--device", "cuda:0"], "--device cuda", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has CUDA")),
     pytest.param(["--device", "mps"], "--device mps: MPS is not available",
                  marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="has MPS")),
