@@ -1,0 +1,102 @@
+"""
+Is it kinship or capacity? In the default run the profile pairs the 8 languages new to the base with each
+other ({de nl} {ru uk} {ja ko} {it th} in seed 0), and random pairs beat them on exactly those languages.
+If what random groups give back is capacity (a new language sharing its expert with a language the base
+already knows), then pairing every new language with its MOST SIMILAR seen language should beat random
+pairs too; if only kinship mattered, it should lose to the profile's pairs.
+
+The matched groups: greedily take the new-seen pair of highest similarity (the run's own profile), remove
+both, repeat; the two seen languages left form the ninth pair. dmoe is then trained as the default does
+(same MoE layers, upcycled from the base, 100 + 900 steps) in a copy of the run folder whose base, cpt and
+random variants are the default run's (random groups depend only on the group sizes and the seed). A
+wrapper, not a train.py option: it replaces group.make_groups' groups. Resumable per seed.
+
+    python experiments/regime/extra/matched_groups.py --runs runs/def9 --seeds 0,1,2
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, ROOT)
+os.chdir(ROOT)
+import group  # noqa: E402
+import train  # noqa: E402
+from common import save_json  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+KEEP = ("config.json", "base.pt", "profile.json", "cpt_stage1.pt", "cpt.pt", "random_stage1.pt", "random.pt")
+
+
+def matched_groups(S, langs, seen):
+    """Each new language with its most similar seen one (greedy on the similarity), the rest in pairs."""
+    S = np.asarray(S)
+    new = [l for l in langs if l not in seen]
+    left_new, left_seen, groups = list(new), list(seen), []
+    while left_new:
+        a, b = max(((a, b) for a in left_new for b in left_seen),
+                   key=lambda p: S[langs.index(p[0]), langs.index(p[1])])
+        groups.append(sorted([a, b]))
+        left_new.remove(a), left_seen.remove(b)
+    while left_seen:   # seen languages left over: pair them greedily too
+        a, b = max(((a, b) for i, a in enumerate(left_seen) for b in left_seen[i + 1:]),
+                   key=lambda p: S[langs.index(p[0]), langs.index(p[1])])
+        groups.append(sorted([a, b]))
+        left_seen.remove(a), left_seen.remove(b)
+    return sorted(groups)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--runs", default="runs/def9")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--out", default="runs/matched")
+    args = p.parse_args()
+    for s in [int(x) for x in args.seeds.split(",")]:
+        out_json = os.path.join(HERE, f"matched_groups_s{s}.json")
+        if os.path.exists(out_json):
+            continue
+        src, dst = os.path.join(args.runs, f"s{s}"), os.path.join(args.out, f"s{s}")
+        os.makedirs(dst, exist_ok=True)
+        for f in KEEP:
+            if not os.path.exists(os.path.join(dst, f)):
+                shutil.copy2(os.path.join(src, f), os.path.join(dst, f))
+        with open(os.path.join(src, "results.json")) as f:
+            ref = json.load(f)
+        with open(os.path.join(src, "profile.json")) as f:
+            prof = json.load(f)
+        mine = matched_groups(prof["similarity"], prof["langs"], ref["base_langs"])
+        make = group.make_groups
+
+        def make_matched(*a, **kw):
+            grp = make(*a, **kw)
+            grp["groups"] = mine
+            grp["lang_to_expert"] = {l: e for e, g in enumerate(mine) for l in g}
+            grp["method"] = "matched (experiments/regime/extra/matched_groups.py)"
+            return grp
+        group.make_groups = make_matched
+        cmd = ["--langs", "18", "--seed", str(s), "--out", dst]
+        res = train.main(cmd)
+        group.make_groups = make
+        v, L = res["variants"], res["langs"]
+        avg = lambda k: sum(v[k][l]["ppl"] for l in L) / len(L)
+        point = {"seed": s, "groups": mine, "default_groups": ref["groups"],
+                 "ppl": {k: round(avg(k), 4) for k in ("cpt", "dmoe", "random")},
+                 "default_dmoe_ppl": round(sum(ref["variants"]["dmoe"][l]["ppl"] for l in L) / len(L), 4),
+                 "seen_new": res["by_langs"], "default_seen_new": ref["by_langs"],
+                 "threads": os.environ.get("OMP_NUM_THREADS", "all"),
+                 "command": "python experiments/regime/extra/matched_groups.py " + " ".join(sys.argv[1:])
+                            + f"  (train.py {' '.join(cmd)} with the matched groups, after copying {', '.join(KEEP)} from {src})"}
+        point["moe_gain_pct"] = round(100 * (point["ppl"]["cpt"] - point["ppl"]["dmoe"]) / point["ppl"]["cpt"], 2)
+        point["grouping_gain_pct"] = round(100 * (point["ppl"]["random"] - point["ppl"]["dmoe"]) / point["ppl"]["random"], 2)
+        save_json(point, out_json)
+        print(f"seed {s}: groups {mine}\n  {point['ppl']} MoE gain {point['moe_gain_pct']}% grouping gain "
+              f"{point['grouping_gain_pct']}% (default dmoe {point['default_dmoe_ppl']})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
