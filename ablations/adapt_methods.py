@@ -31,4 +31,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except KeyboardInterrupt:   # as adapt.py: the last checkpoint of every stage is kept
+        raise SystemExit("\ninterrupted: run the same command again to resume from the last checkpoint")

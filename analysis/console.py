@@ -171,7 +171,12 @@ def main(argv):
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: {path} is not a readable groups.json or profile.json ({e.__class__.__name__}); "
                          f"give a run folder, a groups.json or a profile.json")
-    if "groups" not in g:   # a profile.json
+    kind = ("groups" if isinstance(g, dict) and {"groups", "langs", "similarity"} <= g.keys() else
+            "profile" if isinstance(g, dict) and {"langs", "similarity", "ffn_dev"} <= g.keys() else None)
+    if kind is None:   # e.g. a results.json or config.json
+        raise SystemExit(f"error: {path} is neither a groups.json nor a profile.json; give a run folder, a "
+                         f"groups.json or a profile.json")
+    if kind == "profile":
         print(profile_summary(g))
         return
     prof_path = os.path.join(os.path.dirname(path), "profile.json")

@@ -4,7 +4,7 @@ Pictures of a nanoDMoE run and the text they fall back to.
     deviation.png   per-language FFN vs attention deviation per layer       (profile.json, docs/METHOD.md §2)
     similarity.png  language similarity, ordered by group                    (profile.json / groups.json, §4)
     curves.png      train and val loss of every stage                        (RUN/logs/<stage>.jsonl, §6)
-    routing_V.png   where the learned router of variant V sends each language (eval.routing_matrix, §8)
+    routing_V.png   where the learned router of variant V sends each language (analysis/report.py routing_matrix, §8)
 
 matplotlib is optional: it is imported inside the picture functions only, and without it every picture
 prints the same information as text. The text renderers (shaded heatmaps, sparklines, bars) need only
@@ -255,7 +255,7 @@ def plot_curves(run_dir, out_path="curves.png"):
     return out_path
 
 # -----------------------------------------------------------------------------
-# routing (eval.routing_matrix)
+# routing (analysis/report.py routing_matrix)
 
 
 def routing_view(rm):
@@ -335,7 +335,7 @@ def write_pictures(out_dir, run_dir, routings=None, profile_path=None, groups_pa
 
 
 # -----------------------------------------------------------------------------
-# text tables of eval.py's routing analysis and expert affinity
+# text tables of analysis/report.py's routing analysis and expert affinity
 
 
 def routing_report(rm, lang_to_expert=None):

@@ -172,6 +172,9 @@ def main(argv=None):
         raise SystemExit(f"error: --pictures {args.pictures} is a file; give a folder to write the pictures to")
     is_results = lambda q: q.endswith(".json") or os.path.isfile(os.path.join(q, "results.json"))
     if len(args.paths) > 1 and all(map(is_results, args.paths)):  # several runs (seeds)
+        if args.routing or args.affinity or args.pictures:
+            raise SystemExit("error: several runs make a seed summary; --routing, --affinity and --pictures read "
+                             "one run's checkpoints: give one run (or its .pt files) per call for those")
         runs = [load_results(q) for q in args.paths]
         print(seed_summary(runs, baseline=args.baseline))
         print()

@@ -120,8 +120,9 @@ def write(out_dir, seed=0):
 if __name__ == "__main__":
     import argparse
     p = argparse.ArgumentParser(description="Write the planted world as a --data_dir corpus.")
-    p.add_argument("--out", default="data_cache/planted-0")
+    p.add_argument("--out", default=None, help="default: data_cache/planted-SEED, where train.py --preset planted looks")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
+    a.out = a.out or f"data_cache/planted-{a.seed}"
     print(f"wrote {write(a.out, a.seed)}: families {world(a.seed)[1]}")
     sys.exit(0)

@@ -42,7 +42,7 @@ def table(sweeps):
     for sw in sweeps:
         for pt in sw["points"]:
             g = gains(pt)
-            ppl = lambda v: np.mean([r["avg_ppl"][v] for r in pt["seeds"].values()])   # noqa: E731
+            ppl = lambda v: np.mean([r["avg_ppl"].get(v, np.nan) for r in pt["seeds"].values()])   # noqa: E731 (nan: not run)
             sd = lambda k: f"{np.mean([x[k] for x in g]):+.2f}% ± {np.std([x[k] for x in g]):.2f}"  # noqa: E731
             mins = [x["minutes"] for x in g if x["minutes"]]
             lines.append(f"| {sw['axis']} | {pt['name']} | {len(g)} | {g[0]['tpep']:.0f} | {ppl('cpt'):.2f} | "

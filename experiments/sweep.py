@@ -142,7 +142,13 @@ def main(argv=None):
         for axis, points in AXES.items():
             print(f"{axis:8s} " + "  ".join(f"{n} {o or '(default)'}" for n, o in points))
         return
+    if not all(s.strip().isdigit() for s in args.seeds.split(",")):
+        raise SystemExit(f"error: --seeds {args.seeds!r}: give seeds like 0,1,2")
     seeds = [int(s) for s in args.seeds.split(",")]
+    names = [name for name, _ in AXES[args.axis]]
+    unknown = [n for n in (args.points.split(",") if args.points else []) if n not in names]
+    if unknown:
+        raise SystemExit(f"error: --points {','.join(unknown)}: not on the {args.axis} axis ({', '.join(names)})")
     path = os.path.join(ROOT, "experiments", "sweep", f"{args.axis}.json")
     report = {"axis": args.axis, "defaults": {k: train.DEFAULTS[k] for k in BASE_KEYS + (
         "stage1_steps", "stage2_steps", "lr", "top_k", "n_groups")}, "points": []}

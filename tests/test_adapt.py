@@ -42,7 +42,7 @@ def test_adaptation_trains_only_moe_and_leaves_old_languages_alone(run):
     for k, v in src["model"].items():
         w = new["model"][k]
         if k.startswith(moe):
-            # old experts and router rows: Adam moves nothing that gets no gradient and nothing decays
+            # the old experts (checked below; the paper's `similar` trains the routers): Adam moves nothing that gets no gradient, nothing decays
             if k.endswith(("w_fc", "w_proj", "b_fc", "b_proj")):
                 assert torch.equal(w[:E_old], v), k
         else:

@@ -117,6 +117,25 @@ def test_report_cli_refuses_with_one_line(tmp_path, args, message):
     assert "\n" not in str(e.value)
 
 
+def test_report_of_several_runs_refuses_what_needs_one(tmp_path):
+    """Two runs' results.json make a seed summary; --routing (one run's checkpoints) is refused, not dropped."""
+    from analysis import report
+    for name in ("s0", "s1"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"variants": {}}))
+    with pytest.raises(SystemExit, match="several runs make a seed summary; --routing") as e:
+        report.main([str(tmp_path / "s0"), str(tmp_path / "s1"), "--routing"])
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("obj", [{"variants": {}, "groups": [["aa"]]}, {"seed": 0}, [1]])
+def test_console_refuses_a_json_that_is_not_groups_or_profile(tmp_path, obj):
+    from analysis import console
+    with pytest.raises(SystemExit, match="is neither a groups.json nor a profile.json") as e:
+        console.main([write(tmp_path, obj, "results.json")])
+    assert "\n" not in str(e.value)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     import train

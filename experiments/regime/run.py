@@ -122,7 +122,10 @@ def main(argv):
             print(f"{name:10s} {extra or '(the regime)'}")
         print("regime:", REGIME)
         return
-    points, seeds = argv[0].split(","), [int(s) for s in (argv[1] if len(argv) > 1 else "0").split(",")]
+    seed_arg = argv[1] if len(argv) > 1 else "0"
+    if not all(s.strip().isdigit() for s in seed_arg.split(",")):
+        raise SystemExit(f"error: seeds {seed_arg!r}: give them like 0,1,2")
+    points, seeds = argv[0].split(","), [int(s) for s in seed_arg.split(",")]
     bad = [p for p in points if p not in POINTS]
     if bad:
         raise SystemExit(f"error: unknown point {','.join(bad)}; the points: {', '.join(POINTS)}")

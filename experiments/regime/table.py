@@ -105,7 +105,7 @@ def main():
         print(f"{point:<{w}} {','.join(map(str, runs)):<7} {np.mean(rows['cpt']):6.2f} {np.mean(rows['dmoe']):6.2f} "
               f"{np.mean(rows['random']):6.2f} {pm(rows['moe']):>14} {pm(rows['grp']):>14} {pm(rows['fgrp']):>14} "
               f"{pm(rows['new']):>20}")
-    print("gains: positive = dmoe better; learned routing unless 'forced'; new-lang: the 8 languages the base never saw")
+    print("gains: positive = dmoe better; learned routing unless 'forced'; new-lang: the languages the base never saw (8 with its 10 BLOOM languages)")
     if "--map" in sys.argv[1:]:
         marks = "ABCDEFGHJKLMNPQRSTUVWXYZ"
         dots, legend = [], []
