@@ -492,6 +492,9 @@ def profile(cfg, env, base, dataset, lang_list):
         if why:
             raise SystemExit(f"error: {path} {why}; pass another --out, or delete it and the run's .pt files")
         env.print(f"[profile] done already ({path}), skipping")
+        if prof.get("grouping") != {k: cfg[k] for k in GROUPING} and env.master:   # a profile shared between
+            prof["grouping"] = {k: cfg[k] for k in GROUPING}   # runs: group.py's defaults are this run's
+            save_json(prof, path)
         return prof
     try:
         prof = profile_languages(base, dataset, lang_list, method=cfg["profile_method"], steps=cfg["profile_steps"],

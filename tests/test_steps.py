@@ -56,3 +56,21 @@ def test_profile_then_group_then_upcycle_give_the_runs_own(run, capsys):
     g2 = group.main([str(run / "p.json"), "--out", str(run / "g2.json"), "--groups", "3", "--eps", "0"])
     assert len(g2["groups"]) == 3 and g2["moe_layers"] == [0, 1]
     capsys.readouterr()
+
+
+def test_a_profile_shared_from_another_run_groups_as_this_run(run, tmp_path, capsys):
+    """A sweep copies one run's base.pt and profile.json into a run with other grouping settings; train.py
+    reuses the profile, and `python group.py RUN/profile.json` must then give THIS run's groups.json."""
+    import shutil
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in ("base.pt", "profile.json"):
+        shutil.copy(run / "run" / f, other / f)
+    train.main(["--preset", "tiny", "--langs", "de,nl,ru,uk", "--n_groups", "3", "--eps", "0", "--vocab_size", "512",
+                "--variants", "cpt", "--stage1_steps", "1", "--stage2_steps", "1", "--seed", "3",
+                "--out", str(other), "--data_cache", str(run / "cache")])
+    g = group.main([str(other / "profile.json"), "--out", str(tmp_path / "g.json")])
+    theirs = json.load(open(other / "groups.json"))
+    assert len(theirs["groups"]) == 3 and theirs["moe_layers"] == [0, 1]
+    assert g["groups"] == theirs["groups"] and g["moe_layers"] == theirs["moe_layers"]
+    capsys.readouterr()
