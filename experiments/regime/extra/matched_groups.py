@@ -50,6 +50,35 @@ def matched_groups(S, langs, seen):
     return sorted(groups)
 
 
+def copy_run(src, dst, files):
+    """The default run's finished stages that a point shares, copied once (train.py then skips them).
+    Returns that run's results.json and profile.json."""
+    os.makedirs(dst, exist_ok=True)
+    for f in files:
+        if not os.path.exists(os.path.join(dst, f)):
+            shutil.copy2(os.path.join(src, f), os.path.join(dst, f))
+    with open(os.path.join(src, "results.json")) as f, open(os.path.join(src, "profile.json")) as g:
+        return json.load(f), json.load(g)
+
+
+def train_with_groups(groups, method, argv):
+    """train.main(argv) with `groups` in place of the profile's (the MoE layers and the rest as make_groups
+    computes them). Returns the run's results."""
+    make = group.make_groups
+
+    def make_these(*a, **kw):
+        grp = make(*a, **kw)
+        grp["groups"] = groups
+        grp["lang_to_expert"] = {l: e for e, g in enumerate(groups) for l in g}
+        grp["method"] = method
+        return grp
+    group.make_groups = make_these
+    try:
+        return train.main(argv)
+    finally:
+        group.make_groups = make
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--runs", default="runs/def9")
@@ -61,27 +90,10 @@ def main():
         if os.path.exists(out_json):
             continue
         src, dst = os.path.join(args.runs, f"s{s}"), os.path.join(args.out, f"s{s}")
-        os.makedirs(dst, exist_ok=True)
-        for f in KEEP:
-            if not os.path.exists(os.path.join(dst, f)):
-                shutil.copy2(os.path.join(src, f), os.path.join(dst, f))
-        with open(os.path.join(src, "results.json")) as f:
-            ref = json.load(f)
-        with open(os.path.join(src, "profile.json")) as f:
-            prof = json.load(f)
+        ref, prof = copy_run(src, dst, KEEP)
         mine = matched_groups(prof["similarity"], prof["langs"], ref["base_langs"])
-        make = group.make_groups
-
-        def make_matched(*a, **kw):
-            grp = make(*a, **kw)
-            grp["groups"] = mine
-            grp["lang_to_expert"] = {l: e for e, g in enumerate(mine) for l in g}
-            grp["method"] = "matched (experiments/regime/extra/matched_groups.py)"
-            return grp
-        group.make_groups = make_matched
         cmd = ["--langs", "18", "--seed", str(s), "--out", dst]
-        res = train.main(cmd)
-        group.make_groups = make
+        res = train_with_groups(mine, "matched (experiments/regime/extra/matched_groups.py)", cmd)
         v, L = res["variants"], res["langs"]
         avg = lambda k: sum(v[k][l]["ppl"] for l in L) / len(L)
         point = {"seed": s, "groups": mine, "default_groups": ref["groups"],

@@ -10,9 +10,7 @@ train.py option (train.py's groups are balanced). Resumable per seed.
     python experiments/regime/extra/own_expert.py --runs runs/def9 --seeds 0,1,2
 """
 import argparse
-import json
 import os
-import shutil
 import sys
 
 import numpy as np
@@ -21,8 +19,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 sys.path.insert(0, ROOT)
 os.chdir(ROOT)
 import group  # noqa: E402
-import train  # noqa: E402
 from common import save_json  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from matched_groups import copy_run, train_with_groups  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KEEP = ("base.pt", "profile.json", "cpt_stage1.pt", "cpt.pt")
@@ -47,27 +47,10 @@ def main():
         if os.path.exists(out_json):
             continue
         src, dst = os.path.join(args.runs, f"s{s}"), os.path.join(args.out, f"s{s}")
-        os.makedirs(dst, exist_ok=True)
-        for f in KEEP:
-            if not os.path.exists(os.path.join(dst, f)):
-                shutil.copy2(os.path.join(src, f), os.path.join(dst, f))
-        with open(os.path.join(src, "results.json")) as f:
-            ref = json.load(f)
-        with open(os.path.join(src, "profile.json")) as f:
-            prof = json.load(f)
+        ref, prof = copy_run(src, dst, KEEP)
         mine = own_expert_groups(prof["similarity"], prof["langs"], ref["base_langs"])
-        make = group.make_groups
-
-        def make_own(*a, **kw):
-            grp = make(*a, **kw)
-            grp["groups"] = mine
-            grp["lang_to_expert"] = {l: e for e, g in enumerate(mine) for l in g}
-            grp["method"] = "own expert per new language (experiments/regime/extra/own_expert.py)"
-            return grp
-        group.make_groups = make_own
         cmd = ["--langs", "18", "--seed", str(s), "--n_groups", str(len(mine)), "--out", dst]
-        res = train.main(cmd)
-        group.make_groups = make
+        res = train_with_groups(mine, "own expert per new language (experiments/regime/extra/own_expert.py)", cmd)
         v, L = res["variants"], res["langs"]
         avg = lambda k: sum(v[k][l]["ppl"] for l in L) / len(L)
         point = {"seed": s, "groups": mine, "random_groups": res["random_groups"],
