@@ -252,3 +252,24 @@ def test_a_shared_data_cache_is_not_rebuilt_under_another_run(tmp_path, cache):
                     "--out", str(tmp_path / "b"), "--data_cache", cache, *QUICK])
     assert "\n" not in str(e.value)
     assert open(os.path.join(cache, "meta.json")).read() == meta     # run a's tokens are untouched
+
+
+def test_a_language_whose_training_text_is_shorter_than_a_block_is_refused_before_any_work(tmp_path):
+    """A user corpus whose language keeps its long document in val and only short ones in train would fail
+    in the middle of base training; it is refused in one line before the base starts."""
+    from corpora.prepare import _doc_hash
+    long_doc = " ".join(f"word{i} and more text" for i in range(400))
+    shorts = [f"short note {i}." for i in range(200) if _doc_hash(f"short note {i}.", 0) > _doc_hash(long_doc, 0)][:5]
+    (tmp_path / "corpus").mkdir()
+    with open(tmp_path / "corpus" / "bb.jsonl", "w") as f:   # 6 documents: 3 go to val, the long one with them
+        for text in [long_doc] + shorts:
+            f.write(json.dumps({"text": text}) + "\n")
+    with open(tmp_path / "corpus" / "aa.jsonl", "w") as f:
+        for i in range(60):
+            f.write(json.dumps({"text": " ".join(f"alpha{j} beta{i}" for j in range(60))}) + "\n")
+    with pytest.raises(SystemExit, match="bb.*train") as e:
+        train.main(["--preset", "tiny", "--langs", "aa,bb", "--n_groups", "2", "--vocab_size", "512",
+                    "--data_dir", str(tmp_path / "corpus"), "--data_cache", str(tmp_path / "cache"),
+                    "--out", str(tmp_path / "run")])
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "run" / "base.pt").exists()
