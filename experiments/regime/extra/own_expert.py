@@ -8,6 +8,8 @@ default run's. Everything else as the default (every layer MoE, 100 + 900 steps)
 train.py option (train.py's groups are balanced). Resumable per seed.
 
     python experiments/regime/extra/own_expert.py --runs runs/def9 --seeds 0,1,2
+    python experiments/regime/extra/own_expert.py --runs runs/def9 --seeds 0,1,2 --tag prior03 \
+        --train_args "--router_alpha2 0.3"      # + train.py settings (cpt must be unaffected by them)
 """
 import argparse
 import os
@@ -40,16 +42,20 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--runs", default="runs/def9")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--out", default="runs/own_expert")
+    p.add_argument("--out", default=None, help="default: runs/own_expert[_TAG]")
+    p.add_argument("--tag", default="", help="a name for a variant of the point (its JSON: own_expert_TAG_sS.json)")
+    p.add_argument("--train_args", default="", help="more train.py settings, e.g. \"--router_alpha2 0.3\"")
     args = p.parse_args()
+    name = "own_expert" + (f"_{args.tag}" if args.tag else "")
+    args.out = args.out or os.path.join("runs", name)
     for s in [int(x) for x in args.seeds.split(",")]:
-        out_json = os.path.join(HERE, f"own_expert_s{s}.json")
+        out_json = os.path.join(HERE, f"{name}_s{s}.json")
         if os.path.exists(out_json):
             continue
         src, dst = os.path.join(args.runs, f"s{s}"), os.path.join(args.out, f"s{s}")
         ref, prof = copy_run(src, dst, KEEP)
         mine = own_expert_groups(prof["similarity"], prof["langs"], ref["base_langs"])
-        cmd = ["--langs", "18", "--seed", str(s), "--n_groups", str(len(mine)), "--out", dst]
+        cmd = ["--langs", "18", "--seed", str(s), "--n_groups", str(len(mine)), "--out", dst] + args.train_args.split()
         res = train_with_groups(mine, "own expert per new language (experiments/regime/extra/own_expert.py)", cmd)
         v, L = res["variants"], res["langs"]
         avg = lambda k: sum(v[k][l]["ppl"] for l in L) / len(L)
