@@ -176,9 +176,10 @@ def check_settings(cfg, known_variants, pipeline=True):
     need(n >= 2, f"--langs {cfg['langs']}: the method groups languages; give at least 2")
     need(2 <= cfg["n_groups"] <= n, f"--n_groups must be in 2..{n} (the number of languages), got {cfg['n_groups']}")
     need(cfg["top_k"] <= cfg["n_groups"], f"--top_k {cfg['top_k']} > --n_groups {cfg['n_groups']} experts")
-    need(cfg["group_method"] != "minmax" or group.minmax_subsets(n, cfg["n_groups"]) <= group.MAX_SUBSETS,
-         f"--group_method minmax would search {group.minmax_subsets(n, cfg['n_groups']):,} subsets for {n} languages "
-         f"in {cfg['n_groups']} groups (at most {group.MAX_SUBSETS:,}); use --group_method seed or agglomerative")
+    if cfg["group_method"] == "minmax":   # the exhaustive search's size, known before any work
+        n_sub = group.minmax_subsets(n, cfg["n_groups"])
+        need(n_sub <= group.MAX_SUBSETS, f"--group_method minmax would search {n_sub:,} subsets for {n} languages "
+             f"in {cfg['n_groups']} groups (at most {group.MAX_SUBSETS:,}); use --group_method seed or agglomerative")
     return lang_list
 
 

@@ -88,16 +88,16 @@ def group_minmax(S, langs, k):
     Groups are returned in the order they were formed (group 0 is the tightest), languages within a
     group in `langs` order."""
     D, n = _check(S, langs, k)
+    n_sub = minmax_subsets(n, k)
+    if n_sub > MAX_SUBSETS:   # train.py refuses this before any work (config.check_settings)
+        raise ValueError(f"minmax would search {n_sub:,} subsets for {n} languages in {k} groups; "
+                         f"use --method seed or agglomerative for this many languages")
     remaining = list(range(n))
     groups = []
     for size in balanced_sizes(n, k):
         if size == len(remaining):  # the last group takes what is left
             best = tuple(remaining)
         else:
-            n_sub = math.comb(len(remaining), size)
-            if n_sub > MAX_SUBSETS:   # train.py refuses this before any work (config.check_settings)
-                raise ValueError(f"minmax would search C({len(remaining)},{size}) = {n_sub:,} subsets; "
-                                 f"use --method seed or agglomerative for this many languages")
             best, best_key = None, None
             combos = itertools.combinations(remaining, size)
             while True:  # vectorised over chunks of subsets
