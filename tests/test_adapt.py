@@ -95,20 +95,28 @@ def test_adaptation_refuses_bad_settings_in_one_line(run, tmp_path, flag, value,
     assert "\n" not in str(e.value) and not (tmp_path / "a").exists()
 
 
+def saved_copy(src, dst, **changes):
+    """A copy of checkpoint `src` at `dst` with `changes` to its top-level entries."""
+    ckpt = load_checkpoint(str(src))
+    ckpt.update(changes)
+    save_checkpoint(str(dst), ckpt)
+    return dst
+
+
+def assert_refused(source, out, match):
+    """adapt.py --from `source` ends in one line matching `match`, and nothing is written to `out`."""
+    with pytest.raises(SystemExit, match=match) as e:
+        A.main(["--preset", "tiny", "--adapt", "ja", "--from", str(source), "--out", str(out)])
+    assert "\n" not in str(e.value) and not out.exists()
+
+
 def test_adaptation_needs_a_finished_trained_moe(run, tmp_path):
     """--from an upcycle.py output (never trained) or an unfinished stage: one line, nothing prepared."""
     import upcycle
-    from model import save_checkpoint
     upcycle.main([str(run / "base.pt"), "--layers", "0", "--experts", "2", "--out", str(tmp_path / "moe.pt")])
-    with pytest.raises(SystemExit, match="has no .*upcycle.py output is not trained") as e:
-        A.main(["--preset", "tiny", "--adapt", "ja", "--from", str(tmp_path / "moe.pt"), "--out", str(tmp_path / "a")])
-    assert "\n" not in str(e.value) and not (tmp_path / "a").exists()
-    unfinished = load_checkpoint(str(run / "dmoe.pt"))
-    unfinished.update(done=False, step=3)
-    save_checkpoint(str(tmp_path / "dmoe.pt"), unfinished)
-    with pytest.raises(SystemExit, match=r"is an unfinished stage \(step 3\)") as e:
-        A.main(["--preset", "tiny", "--adapt", "ja", "--from", str(tmp_path / "dmoe.pt"), "--out", str(tmp_path / "b")])
-    assert "\n" not in str(e.value) and not (tmp_path / "b").exists()
+    assert_refused(tmp_path / "moe.pt", tmp_path / "a", "has no .*upcycle.py output is not trained")
+    unfinished = saved_copy(run / "dmoe.pt", tmp_path / "dmoe.pt", done=False, step=3)
+    assert_refused(unfinished, tmp_path / "b", r"is an unfinished stage \(step 3\)")
 
 
 def test_new_expert_only_keeps_every_old_weight(run):
@@ -203,30 +211,19 @@ def test_the_source_models_tokens_are_found_or_refused_in_one_line(run, tmp_path
     """The old languages are scored on the cache the source model was trained on, found as eval.py finds it
     (relative to where training ran, or beside the checkpoint), and a cache of other tokens or an
     unfinished cpt baseline is refused in one line before any work."""
-    src = load_checkpoint(str(run / "dmoe.pt"))
+    config = load_checkpoint(str(run / "dmoe.pt"))["config"]
     moved = tmp_path / "elsewhere"
     moved.mkdir()
     monkeypatch.chdir(moved)   # training ran elsewhere: the checkpoint's relative data_cache is not here
-    src["config"] = dict(src["config"], data_cache="nowhere-cache")
-    save_checkpoint(str(tmp_path / "dmoe.pt"), src)
-    with pytest.raises(SystemExit, match="dmoe.pt's data cache: no meta.json in nowhere-cache") as e:
-        A.main(["--preset", "tiny", "--adapt", "ja", "--from", str(tmp_path / "dmoe.pt"), "--out", str(tmp_path / "a")])
-    assert "\n" not in str(e.value) and not (tmp_path / "a").exists()
-    stale = load_checkpoint(str(run / "dmoe.pt"))
-    stale["data_fingerprint"] = "0" * 16
-    save_checkpoint(str(tmp_path / "dmoe.pt"), stale)
-    with pytest.raises(SystemExit, match="was made from other tokens") as e:
-        A.main(["--preset", "tiny", "--adapt", "ja", "--from", str(tmp_path / "dmoe.pt"), "--out", str(tmp_path / "b")])
-    assert "\n" not in str(e.value) and not (tmp_path / "b").exists()
+    elsewhere = saved_copy(run / "dmoe.pt", tmp_path / "dmoe.pt", config=dict(config, data_cache="nowhere-cache"))
+    assert_refused(elsewhere, tmp_path / "a", "dmoe.pt's data cache: no meta.json in nowhere-cache")
+    stale = saved_copy(run / "dmoe.pt", tmp_path / "dmoe.pt", data_fingerprint="0" * 16)
+    assert_refused(stale, tmp_path / "b", "was made from other tokens")
     rundir = tmp_path / "run"
     rundir.mkdir()
-    save_checkpoint(str(rundir / "dmoe.pt"), load_checkpoint(str(run / "dmoe.pt")))
-    cpt = load_checkpoint(str(run / "cpt.pt"))
-    cpt.update(done=False, step=3)
-    save_checkpoint(str(rundir / "cpt.pt"), cpt)
-    with pytest.raises(SystemExit, match=r"cpt.pt is an unfinished stage \(the dense baseline\)") as e:
-        A.main(["--preset", "tiny", "--adapt", "ja", "--from", str(rundir / "dmoe.pt"), "--out", str(tmp_path / "c")])
-    assert "\n" not in str(e.value) and not (tmp_path / "c").exists()
+    saved_copy(run / "dmoe.pt", rundir / "dmoe.pt")
+    saved_copy(run / "cpt.pt", rundir / "cpt.pt", done=False, step=3)
+    assert_refused(rundir / "dmoe.pt", tmp_path / "c", r"cpt.pt is an unfinished stage \(the dense baseline\)")
 
 
 def test_the_new_row_is_fitted_against_the_old_rows_as_they_are():
