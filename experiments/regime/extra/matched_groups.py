@@ -14,9 +14,7 @@ wrapper, not a train.py option: it replaces group.make_groups' groups. Resumable
     python experiments/regime/extra/matched_groups.py --runs runs/def9 --seeds 0,1,2
 """
 import argparse
-import json
 import os
-import shutil
 import sys
 
 import numpy as np
@@ -24,11 +22,11 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 sys.path.insert(0, ROOT)
 os.chdir(ROOT)
-import group  # noqa: E402
-import train  # noqa: E402
 from common import save_json  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from points import avg_ppl, copy_run, point_record, train_with_groups  # noqa: E402
 KEEP = ("config.json", "base.pt", "profile.json", "cpt_stage1.pt", "cpt.pt", "random_stage1.pt", "random.pt")
 
 
@@ -50,35 +48,6 @@ def matched_groups(S, langs, seen):
     return sorted(groups)
 
 
-def copy_run(src, dst, files):
-    """The default run's finished stages that a point shares, copied once (train.py then skips them).
-    Returns that run's results.json and profile.json."""
-    os.makedirs(dst, exist_ok=True)
-    for f in files:
-        if not os.path.exists(os.path.join(dst, f)):
-            shutil.copy2(os.path.join(src, f), os.path.join(dst, f))
-    with open(os.path.join(src, "results.json")) as f, open(os.path.join(src, "profile.json")) as g:
-        return json.load(f), json.load(g)
-
-
-def train_with_groups(groups, method, argv):
-    """train.main(argv) with `groups` in place of the profile's (the MoE layers and the rest as make_groups
-    computes them). Returns the run's results."""
-    make = group.make_groups
-
-    def make_these(*a, **kw):
-        grp = make(*a, **kw)
-        grp["groups"] = groups
-        grp["lang_to_expert"] = {l: e for e, g in enumerate(groups) for l in g}
-        grp["method"] = method
-        return grp
-    group.make_groups = make_these
-    try:
-        return train.main(argv)
-    finally:
-        group.make_groups = make
-
-
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--runs", default="runs/def9")
@@ -94,17 +63,11 @@ def main():
         mine = matched_groups(prof["similarity"], prof["langs"], ref["base_langs"])
         cmd = ["--langs", "18", "--seed", str(s), "--out", dst]
         res = train_with_groups(mine, "matched (experiments/regime/extra/matched_groups.py)", cmd)
-        v, L = res["variants"], res["langs"]
-        avg = lambda k: sum(v[k][l]["ppl"] for l in L) / len(L)
-        point = {"seed": s, "groups": mine, "default_groups": ref["groups"],
-                 "ppl": {k: round(avg(k), 4) for k in ("cpt", "dmoe", "random")},
-                 "default_dmoe_ppl": round(sum(ref["variants"]["dmoe"][l]["ppl"] for l in L) / len(L), 4),
-                 "seen_new": res["by_langs"], "default_seen_new": ref["by_langs"],
-                 "threads": os.environ.get("OMP_NUM_THREADS", "all"),
-                 "command": "python experiments/regime/extra/matched_groups.py " + " ".join(sys.argv[1:])
-                            + f"  (train.py {' '.join(cmd)} with the matched groups, after copying {', '.join(KEEP)} from {src})"}
-        point["moe_gain_pct"] = round(100 * (point["ppl"]["cpt"] - point["ppl"]["dmoe"]) / point["ppl"]["cpt"], 2)
-        point["grouping_gain_pct"] = round(100 * (point["ppl"]["random"] - point["ppl"]["dmoe"]) / point["ppl"]["random"], 2)
+        command = ("python experiments/regime/extra/matched_groups.py " + " ".join(sys.argv[1:])
+                   + f"  (train.py {' '.join(cmd)} with the matched groups, after copying {', '.join(KEEP)} from {src})")
+        point = point_record(s, mine, res, command, default_groups=ref["groups"],
+                             default_dmoe_ppl=avg_ppl(ref)["dmoe"], seen_new=res["by_langs"],
+                             default_seen_new=ref["by_langs"])
         save_json(point, out_json)
         print(f"seed {s}: groups {mine}\n  {point['ppl']} MoE gain {point['moe_gain_pct']}% grouping gain "
               f"{point['grouping_gain_pct']}% (default dmoe {point['default_dmoe_ppl']})", flush=True)

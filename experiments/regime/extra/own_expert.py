@@ -24,7 +24,7 @@ import group  # noqa: E402
 from common import save_json  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from matched_groups import copy_run, train_with_groups  # noqa: E402
+from points import avg_ppl, copy_run, point_record, train_with_groups  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KEEP = ("base.pt", "profile.json", "cpt_stage1.pt", "cpt.pt")
@@ -57,18 +57,10 @@ def main():
         mine = own_expert_groups(prof["similarity"], prof["langs"], ref["base_langs"])
         cmd = ["--langs", "18", "--seed", str(s), "--n_groups", str(len(mine)), "--out", dst] + args.train_args.split()
         res = train_with_groups(mine, "own expert per new language (experiments/regime/extra/own_expert.py)", cmd)
-        v, L = res["variants"], res["langs"]
-        avg = lambda k: sum(v[k][l]["ppl"] for l in L) / len(L)
-        point = {"seed": s, "groups": mine, "random_groups": res["random_groups"],
-                 "ppl": {k: round(avg(k), 4) for k in ("cpt", "dmoe", "random")},
-                 "default_ppl": {k: round(sum(ref["variants"][k][l]["ppl"] for l in L) / len(L), 4)
-                                 for k in ("cpt", "dmoe", "random")},
-                 "seen_new": res["by_langs"], "default_seen_new": ref["by_langs"],
-                 "threads": os.environ.get("OMP_NUM_THREADS", "all"),
-                 "command": "python experiments/regime/extra/own_expert.py " + " ".join(sys.argv[1:])
-                            + f"  (train.py {' '.join(cmd)} with these groups, after copying {', '.join(KEEP)} from {src})"}
-        point["moe_gain_pct"] = round(100 * (point["ppl"]["cpt"] - point["ppl"]["dmoe"]) / point["ppl"]["cpt"], 2)
-        point["grouping_gain_pct"] = round(100 * (point["ppl"]["random"] - point["ppl"]["dmoe"]) / point["ppl"]["random"], 2)
+        command = ("python experiments/regime/extra/own_expert.py " + " ".join(sys.argv[1:])
+                   + f"  (train.py {' '.join(cmd)} with these groups, after copying {', '.join(KEEP)} from {src})")
+        point = point_record(s, mine, res, command, random_groups=res["random_groups"], default_ppl=avg_ppl(ref),
+                             seen_new=res["by_langs"], default_seen_new=ref["by_langs"])
         save_json(point, out_json)
         print(f"seed {s}: groups {mine}\n  {point['ppl']} MoE gain {point['moe_gain_pct']}% grouping gain "
               f"{point['grouping_gain_pct']}% (default {point['default_ppl']})", flush=True)

@@ -16,7 +16,6 @@ import argparse
 import itertools
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -24,6 +23,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 sys.path.insert(0, ROOT)
 import group  # noqa: E402
 from common import save_json  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from points import avg_ppl, copy_run, point_record  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KEEP = ("config.json", "base.pt", "cpt_stage1.pt", "cpt.pt", "random_stage1.pt", "random.pt")
@@ -70,26 +72,15 @@ def main():
         if os.path.exists(out_json):
             continue
         src, dst = os.path.join(args.runs, f"s{s}"), os.path.join(args.out, f"s{s}")
-        for f in KEEP:
-            if not os.path.exists(os.path.join(dst, f)):
-                shutil.copy2(os.path.join(src, f), os.path.join(dst, f))
+        ref, _ = copy_run(src, dst, KEEP)
         cmd = [sys.executable, "train.py", "--langs", "18", "--seed", str(s), "--out", dst]
         run(cmd)
         with open(os.path.join(dst, "results.json")) as f:
             res = json.load(f)
-        with open(os.path.join(src, "results.json")) as f:
-            ref = json.load(f)
-        v, r = res["variants"], ref["variants"]
-        avg = lambda t, k: sum(t[k][l]["ppl"] for l in res["langs"]) / len(res["langs"])
-        point = {"seed": s, "groups": res["groups"], "default_groups": ref["groups"],
-                 "ppl": {k: round(avg(v, k), 4) for k in ("cpt", "dmoe", "random")},
-                 "default_dmoe_ppl": round(avg(r, "dmoe"), 4),
-                 "threads": os.environ.get("OMP_NUM_THREADS", "all"),
-                 "command": " ".join(cmd[1:]) + f"  (after copying {', '.join(KEEP)} from {src} and profiling "
-                            f"{src}/cpt_stage1.pt into {dst}/profile.json)",
-                 "results": res}
-        point["moe_gain_pct"] = round(100 * (point["ppl"]["cpt"] - point["ppl"]["dmoe"]) / point["ppl"]["cpt"], 2)
-        point["grouping_gain_pct"] = round(100 * (point["ppl"]["random"] - point["ppl"]["dmoe"]) / point["ppl"]["random"], 2)
+        command = (" ".join(cmd[1:]) + f"  (after copying {', '.join(KEEP)} from {src} and profiling "
+                   f"{src}/cpt_stage1.pt into {dst}/profile.json)")
+        point = point_record(s, res["groups"], res, command, default_groups=ref["groups"],
+                             default_dmoe_ppl=avg_ppl(ref)["dmoe"], results=res)
         save_json(point, out_json)
         print(f"seed {s}: {point['ppl']} MoE gain {point['moe_gain_pct']}% grouping gain {point['grouping_gain_pct']}% "
               f"(default dmoe {point['default_dmoe_ppl']})")
