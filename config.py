@@ -29,11 +29,12 @@ PRESETS = {
                  base_steps=60, profile_steps=2, profile_batch=4, profile_repeats=1, profile_windows=16, n_groups=3,
                  stage1_steps=6, stage2_steps=24, eval_interval=30, eval_windows=2, ckpt_interval=50,
                  base_langs="all", eps=0.6, lr=5e-4, variants="cpt,dmoe,random,all_layers"),
-    # one GPU, bundled corpus: the default's regime (base on BLOOM's 10 languages, every layer MoE, 9
-    # groups), sized from the CPU map (docs/EXPERIMENTS.md §5) since a GPU makes steps cheap: twice the
-    # width (1.9M parameters), 32 x 128-token batches, the default's 3.3M base tokens (800 steps) and
-    # twice its tokens after base (100 + 900 steps = 4.1M tokens: on the map the MoE gain grew with the
-    # tokens after base, and twice the default's was its best point), lr after base the default's 2/5 of base_lr
+    # one GPU, bundled corpus: the default's regime (base on BLOOM's 10 languages, every layer MoE, the
+    # seen languages in pairs and each new one alone: 13 experts), sized from the CPU map (docs/EXPERIMENTS.md
+    # §5) since a GPU makes steps cheap: twice the width (1.9M parameters), 32 x 128-token batches, the
+    # default's 3.3M base tokens (800 steps) and twice its tokens after base (100 + 900 steps = 4.1M tokens:
+    # on the map the MoE gain grew with the tokens after base, and twice the default's was its best point),
+    # lr after base the default's 2/5 of base_lr
     "gpu": dict(n_head=4, n_embd=128, batch_size=32, base_steps=800, base_lr=3e-3, lr=1.2e-3, profile_windows=512,
                 log_interval=10, eval_interval=100, eval_windows=64),
     # the planted world of corpora/planted.py (12 languages in 4 known families, a new world per --seed):
@@ -174,13 +175,30 @@ def check_settings(cfg, known_variants, pipeline=True):
         raise SystemExit(f"error: {e}")
     n = len(lang_list)
     need(n >= 2, f"--langs {cfg['langs']}: the method groups languages; give at least 2")
-    need(2 <= cfg["n_groups"] <= n, f"--n_groups must be in 2..{n} (the number of languages), got {cfg['n_groups']}")
-    need(cfg["top_k"] <= cfg["n_groups"], f"--top_k {cfg['top_k']} > --n_groups {cfg['n_groups']} experts")
-    if cfg["group_method"] == "minmax":   # the exhaustive search's size, known before any work
-        n_sub = group.minmax_subsets(n, cfg["n_groups"])
-        need(n_sub <= group.MAX_SUBSETS, f"--group_method minmax would search {n_sub:,} subsets for {n} languages "
-             f"in {cfg['n_groups']} groups (at most {group.MAX_SUBSETS:,}); use --group_method seed or agglomerative")
+    need(cfg["n_groups"] == 0 or 2 <= cfg["n_groups"] <= n,
+         f"--n_groups must be 0 (pairs) or in 2..{n} (the number of languages), got {cfg['n_groups']}")
+    need(cfg["new_experts"] in ("own", "grouped"), f"--new_experts {cfg['new_experts']!r}: choose own or grouped")
     return lang_list
+
+
+def resolve_groups(cfg, lang_list, base_langs):
+    """--new_experts and --n_groups -> the languages with an expert of their own (under own: those the base
+    never saw), and cfg["n_groups"] resolved (0: pairs, group.pair_count). One line for a count that cannot work."""
+    alone = [l for l in lang_list if l not in base_langs] if cfg["new_experts"] == "own" else []
+    k = cfg["n_groups"] = cfg["n_groups"] or group.pair_count(len(lang_list), len(alone))
+    if k <= len(alone):
+        raise SystemExit(f"error: --n_groups {k} leaves no expert for the {len(lang_list) - len(alone)} languages "
+                         f"the base saw, after one for each of the {len(alone)} new ones (--new_experts own); "
+                         f"give more than {len(alone)}, 0 (pairs) or --new_experts grouped")
+    if cfg["top_k"] > k:
+        raise SystemExit(f"error: --top_k {cfg['top_k']} > --n_groups {k} experts")
+    if cfg["group_method"] == "minmax":   # the exhaustive search's size, known before any work
+        n, m = len(lang_list) - len(alone), k - len(alone)
+        n_sub = group.minmax_subsets(n, m)
+        if n_sub > group.MAX_SUBSETS:
+            raise SystemExit(f"error: --group_method minmax would search {n_sub:,} subsets for {n} languages in {m} "
+                             f"groups (at most {group.MAX_SUBSETS:,}); use --group_method seed or agglomerative")
+    return alone
 
 
 

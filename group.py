@@ -4,7 +4,8 @@ Language grouping and MoE-layer selection for DMoE (docs/METHOD.md §3-4). Pure 
 Input: the profile written by profile.py -- per-language, per-layer FFN deviations d_l^x and the
 cosine similarity of the languages' deviation vectors. Output: groups.json, which says
   - which layers become MoE layers  (§3: D_l = mean_x d_l^x, normalise, keep D^_l >= eps)
-  - which languages share an expert (§4: balanced groups by similarity, one expert per group)
+  - which languages share an expert (§4: balanced groups by similarity, one expert per group; a
+    language the base never saw can be given an expert of its own: `alone`, docs/METHOD.md §4)
 
 Grouping rules (distance = 1 - cosine similarity):
   minmax        the paper's 18-language rule: exhaustive search for the tightest subset, repeatedly
@@ -27,7 +28,13 @@ import numpy as np
 from common import normalized, save_json, unwritable
 
 METHODS = ("agglomerative", "minmax", "seed", "random")
-RUN_DEFAULTS = {"n_groups": 9, "group_method": "agglomerative", "eps": 0.0, "seed": 0}   # train.py's (a test checks)
+RUN_DEFAULTS = {"n_groups": 0, "group_method": "agglomerative", "eps": 0.0, "seed": 0}   # train.py's (a test checks)
+
+
+def pair_count(n, n_alone=0):
+    """--n_groups 0: the number of groups when the languages go two to a group, except the n_alone that
+    have an expert of their own (18 languages: 9; with the 8 the base never saw alone: 5 + 8 = 13)."""
+    return (n - n_alone + 1) // 2 + n_alone
 
 # -----------------------------------------------------------------------------
 # similarity
@@ -329,11 +336,13 @@ def adjusted_rand_index(groups_a, groups_b):
     best = (sum_a + sum_b) / 2
     return 1.0 if best == expected else (index - expected) / (best - expected)
 
-def make_groups(profile, k, method="agglomerative", eps=0.6, seed=0, linkage="complete"):
+def make_groups(profile, k, method="agglomerative", eps=0.6, seed=0, linkage="complete", alone=()):
     """profile (profile.py output) -> the groups.json dict:
-    langs, method, k, groups, lang_to_expert (expert e serves group e), moe_layers, eps, layer_dev
-    (D_l, mean FFN deviation per layer), layer_dev_norm (D^_l), attn_layer_dev, merges (agglomerative tree, else []), similarity,
-    group_similarity (mean within-group similarity), and, when the profile has per-repeat
+    langs, method, k, alone, groups, lang_to_expert (expert e serves group e), moe_layers, eps, layer_dev
+    (D_l, mean FFN deviation per layer), layer_dev_norm (D^_l), attn_layer_dev, merges (agglomerative tree
+    over the grouped languages, else []), similarity, group_similarity (mean within-group similarity).
+    alone: languages that get an expert of their own (the last groups, in `langs` order); the others
+    are grouped by their similarity into k - len(alone) groups. And, when the profile has per-repeat
     similarities, repeat_groups/repeat_rand: the grouping redone on each repeat's similarity alone and
     its Rand agreement with the final groups -- the stability check of the repeats (docs/METHOD.md §2)."""
     langs = list(profile["langs"])
@@ -345,11 +354,18 @@ def make_groups(profile, k, method="agglomerative", eps=0.6, seed=0, linkage="co
     layer_dev = ffn.mean(axis=0)
     attn = profile.get("attn_dev")
     attn_layer_dev = np.array([attn[l] for l in langs], dtype=np.float64).mean(0) if attn else None
-    groups, merges = group_languages(S, langs, k, method, seed, linkage)
+    alone = [l for l in langs if l in alone]
+    rest = [i for i, l in enumerate(langs) if l not in alone]
+
+    def grouped(S):   # the languages not alone, grouped by their similarity; then one group per alone
+        g, m = group_languages(S[np.ix_(rest, rest)], [langs[i] for i in rest], k - len(alone), method, seed, linkage)
+        return g + [[l] for l in alone], m
+    groups, merges = grouped(S)
     out = {
         "langs": langs,
         "method": method,
         "k": k,
+        "alone": alone,
         "groups": groups,
         "lang_to_expert": {l: e for e, g in enumerate(groups) for l in g},
         "moe_layers": select_layers(layer_dev, eps),
@@ -366,8 +382,7 @@ def make_groups(profile, k, method="agglomerative", eps=0.6, seed=0, linkage="co
         out["linkage"] = linkage
     reps = profile.get("similarity_repeats") or []
     if len(reps) > 1 and method != "random":
-        out["repeat_groups"] = [group_languages(np.asarray(R), langs, k, method, seed, linkage)[0]
-                                for R in reps]
+        out["repeat_groups"] = [grouped(np.asarray(R, dtype=np.float64))[0] for R in reps]
         out["repeat_rand"] = [rand_index(groups, g) for g in out["repeat_groups"]]
         rg = out["repeat_groups"]   # how well one repeat's groups predict another's (1 = the same, ~0 = chance)
         out["repeat_ari"] = float(np.mean([adjusted_rand_index(rg[a], rg[b])
@@ -382,7 +397,8 @@ def describe(g):
     """The groups with their mean similarity, how stable they are, and the MoE layers, as a few lines."""
     S = np.asarray(g["similarity"], dtype=np.float64)
     extra = f", linkage {g['linkage']}" if "linkage" in g else ""
-    out = [f"{len(g['groups'])} groups ({g['method']}{extra}):"]
+    alone = f"; {' '.join(g['alone'])} alone (new after base)" if g.get("alone") else ""
+    out = [f"{len(g['groups'])} groups ({g['method']}{extra}{alone}):"]
     gsim = g.get("group_similarity") or within_similarity(S, g["langs"], g["groups"])
     for gi, (grp, s) in enumerate(zip(g["groups"], gsim)):
         out.append(f"  group {gi:2d} ({len(grp)}): {' '.join(grp):<40s} mean sim {'-' if s is None else f'{s:.4f}'}")
@@ -432,19 +448,29 @@ def main(argv=None):
                    help="agglomerative linkage")
     p.add_argument("--eps", type=float, default=None, help="layer threshold on normalised deviation; default: the run's")
     p.add_argument("--seed", type=int, default=None, help="seed for --method random; default: the run's")
+    p.add_argument("--alone", default=None, help="comma list of languages with an expert of their own, or none; "
+                   "default: the run's (the languages its base never saw, under --new_experts own)")
     p.add_argument("--out", default="groups.json")
     args = p.parse_args(argv)
     profile = read_profile(args.profile)
     # every setting not given is the run's, recorded in the profile by train.py and profile.py (else the
     # pipeline's defaults), so that `python group.py RUN/profile.json` gives RUN/groups.json
     run = dict(RUN_DEFAULTS, **(profile.get("grouping") or {}))
-    k = run["n_groups"] if args.groups is None else args.groups
     method = run["group_method"] if args.method is None else args.method
     eps = run["eps"] if args.eps is None else args.eps
     seed = run["seed"] if args.seed is None else args.seed
-    n = len(profile["langs"])
-    if not 2 <= k <= n:
-        raise SystemExit(f"error: --groups {k}: choose 2..{n} (the profile has {n} languages)")
+    langs = profile["langs"]
+    alone = run.get("alone", []) if args.alone is None else [l for l in args.alone.split(",") if l not in ("", "none")]
+    if set(alone) - set(langs) or len(set(alone)) != len(alone):
+        raise SystemExit(f"error: --alone {','.join(alone)}: give distinct languages of the profile "
+                         f"({','.join(langs)}), or none")
+    n = len(langs)
+    k = run["n_groups"] if args.groups is None else args.groups
+    k = k or pair_count(n, len(alone))
+    lo = max(2, len(alone) + 1)   # the languages not alone need at least one group
+    if not lo <= k <= n:
+        raise SystemExit(f"error: --groups {k}: choose {lo}..{n} (the profile has {n} languages"
+                         + (f", {len(alone)} of them alone)" if alone else ")"))
     if method not in METHODS:
         raise SystemExit(f"error: {args.profile} asks for grouping {method!r}; pass --method (one of {', '.join(METHODS)})")
     if not math.isfinite(eps):
@@ -452,7 +478,7 @@ def main(argv=None):
     why = unwritable(args.out)   # save_json makes the missing folders
     if why:
         raise SystemExit(f"error: --out {args.out} {why}; give a file path")
-    g = make_groups(profile, k, method, eps, seed, args.linkage)
+    g = make_groups(profile, k, method, eps, seed, args.linkage, alone)
     print(describe(g))
     save_json(g, args.out)
     print(f"\nwrote {args.out}")

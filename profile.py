@@ -380,6 +380,8 @@ def cli(argv=None):
     vectors = prof.pop("vectors")
     prof["data_fingerprint"] = data_fingerprint(data)
     prof["grouping"] = {k: run[k] for k in GROUPING if k in run}
+    seen = ckpt.get("sampled_langs") or langs   # under --new_experts own, the languages the base never saw are alone
+    prof["grouping"]["alone"] = [l for l in langs if l not in seen] if run.get("new_experts") == "own" else []
     save_json(prof, args.out)
     S = np.asarray(prof["similarity"])
     near = {l: langs[int(np.argmax(np.where(np.eye(len(langs), dtype=bool), -np.inf, S)[i]))] for i, l in enumerate(langs)}

@@ -27,7 +27,7 @@ import data
 import group
 from common import Env, data_fingerprint, save_json, stale_data
 from config import (PRESETS, RunDir, check_profile_langs, check_settings, default_data_cache, parse_args,
-                    refuse_another_runs_cache, resolve_base_langs, trained_on)
+                    refuse_another_runs_cache, resolve_base_langs, resolve_groups, trained_on)
 from eval import evaluate, report
 from model import GPT, GPTConfig, adam_by_name, load_adam_by_name, load_checkpoint, model_from_checkpoint, save_checkpoint
 from profile import GROUPING, profile_languages
@@ -71,7 +71,10 @@ profile_split = "parallel"   # gradient: the text it reads: parallel (the same U
 profile_center = False       # True: similarity of the deviations minus their mean over languages
 last_layers = 2              # deviation vector = FFN deltas of the last N layers; 0 = the paper's last eighth
 # group: similarity -> language groups, deviation -> MoE layers (docs/METHOD.md §3-4)
-n_groups = 9                 # experts per MoE layer = number of language groups (9 of 2: docs/METHOD.md §4)
+n_groups = 0                 # experts per MoE layer = number of language groups; 0 = pairs: 9 for 18 languages,
+                             # 5 + 8 = 13 when the 8 new ones are alone (docs/METHOD.md §4)
+new_experts = "own"          # own: a language the base never saw gets an expert of its own | grouped: it is
+                             # grouped by similarity like the others (the paper's). No effect when the base saw all
 group_method = "agglomerative"  # agglomerative | minmax | seed
 eps = 0.0                    # a layer becomes MoE iff its normalised mean FFN deviation >= eps; 0 = every
                              # layer (the paper's 0.6 picks one of 4 here: docs/METHOD.md §3)
@@ -377,6 +380,7 @@ def main(argv):
     cfg["data_cache"] = cfg["data_cache"] or default_data_cache(cfg)
     lang_list = check_settings(cfg, VARIANTS)   # every refusal happens here, before any work
     base_langs = resolve_base_langs(cfg, lang_list)
+    alone = resolve_groups(cfg, lang_list, base_langs)   # --new_experts own: the new languages; --n_groups 0 -> a count
     env = Env(cfg)
     run = RunDir(cfg).open() if env.master else None   # a lock; refuses a folder holding other settings
     check_profile_langs(cfg, lang_list)
@@ -400,11 +404,13 @@ def main(argv):
                                                            langs=seen), GPT(mcfg))
 
     # 3. profile (§2): each language fine-tunes a copy of base alone; how far does each weight move?
-    prof = profile(cfg, env, base, dataset, lang_list)
+    prof = profile(cfg, env, base, dataset, lang_list, alone)
 
     # 4. group (§3-4): languages whose deviations point the same way share a group, one expert per
-    #    group; the layers whose FFN moves most become MoE layers (the default eps 0: every layer)
-    grp = group.make_groups(prof, cfg["n_groups"], cfg["group_method"], cfg["eps"], seed=cfg["seed"])
+    #    group; the layers whose FFN moves most become MoE layers (the default eps 0: every layer).
+    #    A language the base never saw has no kinship to measure yet (its deviation says "unknown"): under
+    #    --new_experts own it gets an expert of its own, and the seen ones go in pairs (docs/METHOD.md §4)
+    grp = group.make_groups(prof, cfg["n_groups"], cfg["group_method"], cfg["eps"], seed=cfg["seed"], alone=alone)
     groups, moe_layers = grp["groups"], grp["moe_layers"]
     if env.master:
         save_json(grp, os.path.join(cfg["out"], "groups.json"))
@@ -482,9 +488,11 @@ def copy_of(model):
     return model_from_checkpoint({"model": model.state_dict(), "model_args": model.config.__dict__}, model.lm_head.weight.device)
 
 
-def profile(cfg, env, base, dataset, lang_list):
-    """OUT/profile.json: the per-language, per-layer parameter deviations and the similarity (profile.py)."""
+def profile(cfg, env, base, dataset, lang_list, alone):
+    """OUT/profile.json: the per-language, per-layer parameter deviations and the similarity (profile.py),
+    with the run's grouping settings, so that `python group.py OUT/profile.json` makes OUT/groups.json."""
     path = os.path.join(cfg["out"], "profile.json")
+    grouping = dict({k: cfg[k] for k in GROUPING}, alone=alone)
     if os.path.exists(path):
         with open(path) as f:
             prof = json.load(f)
@@ -492,8 +500,8 @@ def profile(cfg, env, base, dataset, lang_list):
         if why:
             raise SystemExit(f"error: {path} {why}; pass another --out, or delete it and the run's .pt files")
         env.print(f"[profile] done already ({path}), skipping")
-        if prof.get("grouping") != {k: cfg[k] for k in GROUPING} and env.master:   # a profile shared between
-            prof["grouping"] = {k: cfg[k] for k in GROUPING}   # runs: group.py's defaults are this run's
+        if prof.get("grouping") != grouping and env.master:   # a profile shared between runs: group.py's
+            prof["grouping"] = grouping                        # defaults are this run's
             save_json(prof, path)
         return prof
     try:
@@ -507,7 +515,7 @@ def profile(cfg, env, base, dataset, lang_list):
         raise SystemExit(f"error: [profile] {e}; lower --profile_lr")
     prof.pop("vectors")
     prof["data_fingerprint"] = data_fingerprint(dataset)
-    prof["grouping"] = {k: cfg[k] for k in GROUPING}   # what `python group.py profile.json` groups with
+    prof["grouping"] = grouping
     if env.master:
         save_json(prof, path)
     return prof

@@ -103,7 +103,8 @@ def group_report(g, profile=None):
     if off.size:
         out.append(f"off-diagonal similarity: mean {off.mean():.4f}, min {off.min():.4f}, max {off.max():.4f}")
     extra = f", linkage {g['linkage']}" if "linkage" in g else ""
-    out.append(f"\n{len(groups)} groups ({g['method']}{extra}):")
+    alone = f"; {' '.join(g['alone'])} alone (new after base)" if g.get("alone") else ""
+    out.append(f"\n{len(groups)} groups ({g['method']}{extra}{alone}):")
     gsim = g.get("group_similarity") or within_similarity(S, langs, groups)
     for gi, (grp, s) in enumerate(zip(groups, gsim)):
         sim = "-" if s is None else f"{s:.4f}"

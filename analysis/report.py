@@ -118,14 +118,19 @@ def seed_summary(runs, baseline="cpt"):
     for v in runs[0].get("forced_group", {}):
         if all(v in r.get("forced_group", {}) for r in runs):
             tables[v + " forced"] = [r["forced_group"][v] for r in runs]
+    seen_only = "base" in tables and any(r.get("new_langs") for r in runs)
+    if seen_only:   # the base's average over every language is the unseen ones' (thousands): only what it saw
+        tables["base"] = [{l: t[l] for l in r["base_langs"]} for t, r in zip(tables["base"], runs)]
     avg = {v: [summarize(t) for t in ts] for v, ts in tables.items()}   # per variant, per run
-    lines = [f"{len(runs)} runs; mean ± std over runs of the per-run average over languages",
+    lines = [f"{len(runs)} runs; mean ± std over runs of the per-run average over languages"
+             + (" (base: over the languages it was trained on only)" if seen_only else ""),
              f"{'variant':<17} {'avg ppl':>16} {'avg bpb':>18} {'Δppl vs ' + baseline:>18}"]
     for v in avg:
         ppl = np.array([a["ppl"] for a in avg[v]])
         bpb = np.array([a["bpb"] for a in avg[v]])
-        row = f"{v:<17} {ppl.mean():9.2f} ± {ppl.std(ddof=1):5.2f} {bpb.mean():10.4f} ± {bpb.std(ddof=1):.4f}"
-        if baseline in avg:
+        name = "base (seen)" if seen_only and v == "base" else v
+        row = f"{name:<17} {ppl.mean():9.2f} ± {ppl.std(ddof=1):5.2f} {bpb.mean():10.4f} ± {bpb.std(ddof=1):.4f}"
+        if baseline in avg and name == v:
             d = 100 * (ppl / np.array([a["ppl"] for a in avg[baseline]]) - 1)
             row += f" {d.mean():+9.2f}% ± {d.std(ddof=1):.2f}"
         lines.append(row)

@@ -43,6 +43,9 @@ AXES = {
     "width": [("d32", {"n_embd": 32, "n_head": 1}), ("d64", {}), ("d128", {"n_embd": 128, "n_head": 4})],
     "groups": [("k3", {"n_groups": 3}), ("k6", {"n_groups": 6}), ("k9", {})],
 }
+# the sweep was measured with every language grouped by similarity, in pairs by default (train.py's default
+# until --new_experts own): pinned, so that a point keeps meaning what it meant when it was measured
+PINNED = {"new_experts": "grouped", "n_groups": 9}
 # what the dense base depends on: points equal in these share it
 BASE_KEYS = ("base_langs", "n_layer", "n_head", "n_embd", "block_size", "dropout", "vocab_size", "batch_size", "grad_accum",
              "base_steps", "base_lr", "sample_alpha", "profile_method", "profile_steps", "profile_lr",
@@ -99,8 +102,8 @@ def share(out, shared):
 
 
 def run_point(axis, name, overrides, seed, variants):
-    cfg = dict(train.DEFAULTS)
-    settings = dict(resolve(overrides, cfg), seed=seed)
+    cfg = dict(train.DEFAULTS, **PINNED)
+    settings = dict(PINNED, **resolve(overrides, cfg), seed=seed)
     cfg.update(settings)
     out = os.path.join(ROOT, "runs", "sweep", axis, name, f"s{seed}")
     args = ["--langs", "18"] + [a for k, v in settings.items() for a in (f"--{k}", str(v))]
@@ -150,7 +153,7 @@ def main(argv=None):
     if unknown:
         raise SystemExit(f"error: --points {','.join(unknown)}: not on the {args.axis} axis ({', '.join(names)})")
     path = os.path.join(ROOT, "experiments", "sweep", f"{args.axis}.json")
-    report = {"axis": args.axis, "defaults": {k: train.DEFAULTS[k] for k in BASE_KEYS + (
+    report = {"axis": args.axis, "defaults": {k: dict(train.DEFAULTS, **PINNED)[k] for k in BASE_KEYS + (
         "stage1_steps", "stage2_steps", "lr", "top_k", "n_groups")}, "points": []}
     if os.path.exists(path):   # points measured before (e.g. with --points) are kept
         with open(path) as f:

@@ -22,7 +22,8 @@ def write(tmp_path, obj, name="profile.json"):
     ({**PROFILE, "similarity": [[1, 0], [0, 1]]}, [], "the similarity is 2x2 .* for 3 languages"),
     ({**PROFILE, "similarity": [[1, float("nan"), 0], [0, 1, 0], [0, 0, 1]]}, [], "holds NaN"),
     ({**PROFILE, "similarity": [[1, "x", 0], [0, 1, 0], [0, 0, 1]]}, [], "is not a matrix of numbers"),
-    (PROFILE, ["--groups", "0"], "--groups 0: choose 2..3"),
+    (PROFILE, ["--groups", "1"], "--groups 1: choose 2..3"),          # (0 is pairs, as train.py's --n_groups)
+    (PROFILE, ["--groups", "-1"], "--groups -1: choose 2..3"),
     (PROFILE, ["--groups", "100"], "--groups 100: choose 2..3"),
     (PROFILE, ["--groups", "2", "--eps", "nan"], "--eps must be a number"),
     (PROFILE, ["--groups", "2", "--out", "DIR"], "is a folder; give a file path"),

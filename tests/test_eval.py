@@ -262,6 +262,23 @@ def test_seed_summary(tmp_path, capsys):
     assert len(forced) == 1 and forced[0].startswith("dmoe forced") and "+0.00% ± 0.00" in forced[0]
 
 
+def test_seed_summary_scores_a_base_only_on_the_languages_it_saw(tmp_path, capsys):
+    """A base that never saw bb has a perplexity in the thousands there: its row averages aa alone, and
+    has no change against cpt (which is averaged over both)."""
+    paths = []
+    for i, base_aa in enumerate((8.0, 10.0)):
+        cell = lambda p: {"loss": math.log(p), "ppl": p, "bpb": 1.0}
+        r = {"variants": {"base": {"aa": cell(base_aa), "bb": cell(5000.0)}, "cpt": {"aa": cell(12.0), "bb": cell(12.0)}},
+             "base_langs": ["aa"], "new_langs": ["bb"]}
+        paths.append(str(tmp_path / f"r{i}.json"))
+        json.dump(r, open(paths[-1], "w"))
+    R.main(paths)
+    out = capsys.readouterr().out
+    base = [l for l in out.splitlines() if l.startswith("base")]
+    assert base == ["base (seen)            9.00 ±  1.41     1.0000 ± 0.0000"], out
+    assert "languages it was trained on only" in out
+
+
 def test_run_dir_does_not_mix_in_subdirectories(tmp_path):
     """A run directory's table holds its own variants; adapt-*/ experiments are read only when named."""
     for f in ["base.pt", "cpt.pt", "dmoe_stage1.pt", "dmoe.pt", "adapt-be/adapt_similar.pt"]:

@@ -176,6 +176,35 @@ def test_make_groups(method):
     assert "<- MoE" in text and "group  5" in text and "heatmap" in text
 
 
+def test_languages_alone_get_an_expert_each_and_the_others_are_grouped_by_similarity(tmp_path, capsys):
+    prof = toy_profile()
+    alone = LANGS_18[3::6][::-1]              # one cluster of three, given out of order
+    g = G.make_groups(prof, 8, "agglomerative", eps=0.6, alone=alone)
+    rest = [l for l in LANGS_18 if l not in alone]
+    assert g["alone"] == [l for l in LANGS_18 if l in alone]          # in the profile's order
+    assert g["groups"][5:] == [[l] for l in g["alone"]]               # the last groups, one language each
+    assert as_sets(g["groups"][:5]) == as_sets([LANGS_18[i::6] for i in (0, 1, 2, 4, 5)])   # the similarity's
+    assert all(g["groups"][g["lang_to_expert"][l]] == [l] for l in alone)
+    assert all(rg[5:] == g["groups"][5:] for rg in g["repeat_groups"]) and g["repeat_rand"] == [1.0, 1.0]
+    assert len(g["merges"]) == len(rest) - 5                           # the tree of the grouped languages only
+    from analysis.console import group_report
+    assert "alone (new after base)" in G.describe(g) and "alone (new after base)" in group_report(g)
+    # nothing alone: the plain grouping, exactly
+    assert G.make_groups(prof, 6, "agglomerative", eps=0.6, alone=()) == dict(G.make_groups(prof, 6, "agglomerative", eps=0.6), alone=[])
+    # group.py takes the run's languages alone from the profile, --alone overrides, --groups 0 is pairs
+    p = tmp_path / "profile.json"
+    p.write_text(json.dumps(dict(prof, grouping={"n_groups": 0, "alone": alone})))
+    out = str(tmp_path / "g.json")
+    mine = G.main([str(p), "--out", out])
+    assert mine["k"] == 11 and mine["groups"] == G.make_groups(prof, 11, "agglomerative", 0.0, alone=alone)["groups"]
+    assert len(G.main([str(p), "--out", out, "--alone", "none"])["groups"]) == 9
+    for bad, msg in ((["--alone", "xx"], "--alone xx: give distinct languages of the profile"),
+                     (["--groups", "3"], r"--groups 3: choose 4..18 \(the profile has 18 languages, 3 of them alone\)")):
+        with pytest.raises(SystemExit, match=msg):
+            G.main([str(p), "--out", out] + bad)
+    capsys.readouterr()
+
+
 def test_cli_writes_groups_json(tmp_path, capsys):
     p = tmp_path / "profile.json"
     p.write_text(json.dumps(toy_profile()))

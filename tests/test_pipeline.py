@@ -178,11 +178,15 @@ def test_log_interval_records(tmp_path, cache):
 def test_base_on_some_languages_then_every_stage_on_all(tmp_path, cache):
     """--base_langs: the base never draws a batch of the others (the paper's situation: languages new to
     the base); profile, groups and every later stage take all of them, and the report splits seen / new."""
-    res = run(tmp_path, cache, "--base_langs", "de,ru,ja", "--variants", "cpt,dmoe")
+    with pytest.raises(SystemExit, match="--n_groups 3 leaves no expert for the 3 languages the base saw"):
+        run(tmp_path, cache, "--base_langs", "de,ru,ja", "--variants", "cpt,dmoe")   # 3 new ones alone: 3 taken
+    # --n_groups 0: pairs of the seen languages, and under --new_experts own (the default) each new one alone
+    res = run(tmp_path, cache, "--base_langs", "de,ru,ja", "--variants", "cpt,dmoe", "--n_groups", "0")
     assert load_checkpoint(str(tmp_path / "base.pt"))["sampled_langs"] == ["de", "ru", "ja"]
     assert load_checkpoint(str(tmp_path / "dmoe.pt"))["sampled_langs"] == res["langs"]
     assert res["base_langs"] == ["de", "ru", "ja"] and res["new_langs"] == ["nl", "uk", "zh"]
-    assert sorted(l for g in res["groups"] for l in g) == sorted(res["langs"])
+    assert sorted(len(g) for g in res["groups"][:2]) == [1, 2] and res["groups"][2:] == [["nl"], ["uk"], ["zh"]]
+    assert res["config"]["n_groups"] == 5 and [len(g) for g in res["random_groups"]] == [len(g) for g in res["groups"]]
     ppl = lambda v, l: res["variants"][v][l]["ppl"]
     gain = lambda ls: sum(ppl("base", l) / ppl("cpt", l) for l in ls) / len(ls)
     assert gain(res["new_langs"]) - 1 > 3 * (gain(res["base_langs"]) - 1)   # cpt learned most where base never was
@@ -192,7 +196,7 @@ def test_base_on_some_languages_then_every_stage_on_all(tmp_path, cache):
     # the same folder asked for a base of every language refuses (config), and so does a copy of this
     # base.pt in a fresh folder (the checkpoint knows what it was trained on), each before any work
     with pytest.raises(SystemExit, match="base_langs='de,ru,ja'"):
-        run(tmp_path, cache, "--base_langs", "all", "--variants", "cpt,dmoe")
+        run(tmp_path, cache, "--base_langs", "all", "--variants", "cpt,dmoe", "--n_groups", "0")
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     (fresh / "base.pt").write_bytes((tmp_path / "base.pt").read_bytes())

@@ -23,10 +23,11 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HERE = os.path.join(ROOT, "experiments", "regime")
-# eps and n_groups were train.py's defaults (0.6, 6) until the regime became the default (eps0_k9 below);
-# they are spelled out so that every point keeps meaning what it meant when it was measured
+# eps and n_groups were train.py's defaults (0.6, 6) until the regime became the default (eps0_k9 below),
+# and every language was grouped by similarity until --new_experts own; they are spelled out so that every
+# point keeps meaning what it meant when it was measured
 REGIME = {"langs": "18", "base_langs": "auto", "stage1_steps": 100, "stage2_steps": 900, "lr": 2e-3,
-          "variants": "cpt,dmoe,random", "eps": 0.6, "n_groups": 6}
+          "variants": "cpt,dmoe,random", "eps": 0.6, "n_groups": 6, "new_experts": "grouped"}
 POINTS = {
     "base10": {},                                                   # the eps rule's MoE layers, 6 groups
     "eps0": {"eps": 0.0},                                           # every layer MoE

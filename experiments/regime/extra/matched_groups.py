@@ -61,7 +61,7 @@ def main():
         src, dst = os.path.join(args.runs, f"s{s}"), os.path.join(args.out, f"s{s}")
         ref, prof = copy_run(src, dst, KEEP)
         mine = matched_groups(prof["similarity"], prof["langs"], ref["base_langs"])
-        cmd = ["--langs", "18", "--seed", str(s), "--out", dst]
+        cmd = ["--langs", "18", "--seed", str(s), "--new_experts", "grouped", "--out", dst]
         res = train_with_groups(mine, "matched (experiments/regime/extra/matched_groups.py)", cmd)
         command = ("python experiments/regime/extra/matched_groups.py " + " ".join(sys.argv[1:])
                    + f"  (train.py {' '.join(cmd)} with the matched groups, after copying {', '.join(KEEP)} from {src})")

@@ -4,8 +4,10 @@ profile's similarity where it measures kinship and give capacity where a languag
 languages the base saw are grouped in 5 pairs by the profile (agglomerative, the run's own similarity
 restricted to them); each of the 8 new languages gets an expert of its own: 13 experts per MoE layer.
 random is retrained with the same group sizes (5 pairs, 8 singletons, random languages), cpt is the
-default run's. Everything else as the default (every layer MoE, 100 + 900 steps). A wrapper, not a
-train.py option (train.py's groups are balanced). Resumable per seed.
+default run's. Everything else as the default (every layer MoE, 100 + 900 steps). Measured as a wrapper
+over the grouped default's runs (runs/def9, `--new_experts grouped`), reusing their base and cpt; it
+became train.py's default (`--new_experts own`), whose own runs give the same groups and numbers
+(docs/EXPERIMENTS.md §5). Resumable per seed.
 
     python experiments/regime/extra/own_expert.py --runs runs/def9 --seeds 0,1,2
     python experiments/regime/extra/own_expert.py --runs runs/def9 --seeds 0,1,2 --tag prior03 \

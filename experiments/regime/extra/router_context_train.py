@@ -5,7 +5,7 @@ not a train.py option: it sets GPTConfig's default and fills the context weights
 
     cp runs/regime/eps0_k9/s0/{base.pt,cpt.pt,cpt_stage1.pt,config.json,profile.json,groups.json} runs/ctxroute/s0/
     python experiments/regime/extra/router_context_train.py --langs 18 --base_langs auto --stage1_steps 100 \\
-        --stage2_steps 900 --lr 0.002 --variants cpt,dmoe,random --eps 0.0 --n_groups 9 --seed 0 --out runs/ctxroute/s0
+        --stage2_steps 900 --lr 0.002 --variants cpt,dmoe,random --eps 0.0 --n_groups 9 --new_experts grouped --seed 0 --out runs/ctxroute/s0
 """
 import os
 import sys

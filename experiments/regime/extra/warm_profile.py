@@ -73,7 +73,7 @@ def main():
             continue
         src, dst = os.path.join(args.runs, f"s{s}"), os.path.join(args.out, f"s{s}")
         ref, _ = copy_run(src, dst, KEEP)
-        cmd = [sys.executable, "train.py", "--langs", "18", "--seed", str(s), "--out", dst]
+        cmd = [sys.executable, "train.py", "--langs", "18", "--seed", str(s), "--new_experts", "grouped", "--out", dst]
         run(cmd)
         with open(os.path.join(dst, "results.json")) as f:
             res = json.load(f)
