@@ -7,8 +7,8 @@ in an old language's perplexity comes from the tokens that the learned router se
 (it is in their top-k). This script measures, for each old language, that share in every MoE layer
 and the language's perplexity change.
 
-    python experiments/default/adapt_leak.py runs/adapt/def_s0_be_sr/adapt_keep_out.pt \
-        --out experiments/default/adapt_leak_be_sr.json
+    python experiments/default_grouped/adapt_leak.py runs/adapt/def_s0_be_sr/adapt_keep_out.pt \
+        --out experiments/default_grouped/adapt_leak_be_sr.json
 
 The source model (--from of the adaptation) and its data come from the checkpoint.
 """

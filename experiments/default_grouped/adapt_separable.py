@@ -11,7 +11,7 @@ Each is a logistic regression fitted on the same training text (every language w
 scored on the held-out windows: the share of an old language's tokens taken for new, and of the new
 languages' tokens recognised.
 
-    python experiments/default/adapt_separable.py runs/def9/s0/dmoe.pt be,sr --out experiments/default/adapt_separable_be_sr.json
+    python experiments/default_grouped/adapt_separable.py runs/def9/s0/dmoe.pt be,sr --out experiments/default_grouped/adapt_separable_be_sr.json
 """
 import argparse
 import os
