@@ -182,24 +182,27 @@ def check_settings(cfg, known_variants, pipeline=True):
 
 
 def resolve_groups(cfg, lang_list, base_langs):
-    """--new_experts and --n_groups -> the languages with an expert of their own (under own: those the base
-    never saw), and cfg["n_groups"] resolved (0: pairs, group.pair_count). One line for a count that cannot work."""
+    """--new_experts and --n_groups -> (the languages with an expert of their own: under own, those the base
+    never saw; the number of groups, --n_groups 0 resolved to pairs by group.pair_count). cfg keeps the
+    setting as given. One line for a count that cannot work."""
     alone = [l for l in lang_list if l not in base_langs] if cfg["new_experts"] == "own" else []
-    k = cfg["n_groups"] = cfg["n_groups"] or group.pair_count(len(lang_list), len(alone))
+    k = cfg["n_groups"] or group.pair_count(len(lang_list), len(alone))
+    asked = f"--n_groups {cfg['n_groups']}" + ("" if cfg["n_groups"] else f" (pairs: {k})")
     if k <= len(alone):
-        raise SystemExit(f"error: --n_groups {k} leaves no expert for the {len(lang_list) - len(alone)} languages "
+        raise SystemExit(f"error: {asked} leaves no expert for the {len(lang_list) - len(alone)} languages "
                          f"the base saw, after one for each of the {len(alone)} new ones (--new_experts own); "
                          f"give more than {len(alone)}, 0 (pairs) or --new_experts grouped")
+    if k < 2:
+        raise SystemExit(f"error: {asked} is one expert, which no router can choose among; give 2 or more")
     if cfg["top_k"] > k:
-        raise SystemExit(f"error: --top_k {cfg['top_k']} > --n_groups {k} experts")
+        raise SystemExit(f"error: --top_k {cfg['top_k']} > {asked} experts")
     if cfg["group_method"] == "minmax":   # the exhaustive search's size, known before any work
         n, m = len(lang_list) - len(alone), k - len(alone)
         n_sub = group.minmax_subsets(n, m)
         if n_sub > group.MAX_SUBSETS:
             raise SystemExit(f"error: --group_method minmax would search {n_sub:,} subsets for {n} languages in {m} "
                              f"groups (at most {group.MAX_SUBSETS:,}); use --group_method seed or agglomerative")
-    return alone
-
+    return alone, k
 
 
 
@@ -208,6 +211,9 @@ class RunDir:
     first one's pid) and refuses a folder that holds a run with other settings; write_config() records the
     settings once the run has passed its checks and its data is ready, so a failed start blocks nothing."""
     IGNORED = ("device", "compile", "log_interval", "eval_interval", "ckpt_interval", "out", "variants", "resume")
+    # settings added after some runs were made, and what such a run did: a folder without the key is one
+    # of those runs (an older run with other settings is refused, not continued under today's default)
+    BEFORE = {"new_experts": "grouped", "router_alpha2": 0.0}
     _held = {}   # folder -> this process's open lock file (one run after another in one process, e.g. tests)
 
     def __init__(self, cfg, keys=None):
@@ -235,6 +241,7 @@ class RunDir:
         lock.flush()
         RunDir._held[where] = lock
         old = self._old_config()
+        old = dict(self.BEFORE, **old) if old else old
         diff = [k for k in self.keys if k in old and old[k] != self.cfg[k]]
         if diff:
             k = diff[0]

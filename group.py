@@ -11,7 +11,7 @@ Grouping rules (distance = 1 - cosine similarity):
   minmax        the paper's 18-language rule: exhaustive search for the tightest subset, repeatedly
   seed          the paper's 128-language rule: seed with the closest pair, grow greedily
   agglomerative hierarchical clustering with a group-size cap (the project's default)
-  random        random groups of the same (balanced) sizes, the ablation baseline
+  random        random balanced groups (train.py's `random` variant: random groups of dmoe's sizes)
 
 Usage (every setting not given is the run's, recorded in the profile: the groups train.py made):
   python group.py profile.json --out groups.json
@@ -96,7 +96,7 @@ def group_minmax(S, langs, k):
     group in `langs` order."""
     D, n = _check(S, langs, k)
     n_sub = minmax_subsets(n, k)
-    if n_sub > MAX_SUBSETS:   # train.py refuses this before any work (config.check_settings)
+    if n_sub > MAX_SUBSETS:   # train.py refuses this before any work (config.resolve_groups)
         raise ValueError(f"minmax would search {n_sub:,} subsets for {n} languages in {k} groups; "
                          f"use --method seed or agglomerative for this many languages")
     remaining = list(range(n))
@@ -461,9 +461,10 @@ def main(argv=None):
     seed = run["seed"] if args.seed is None else args.seed
     langs = profile["langs"]
     alone = run.get("alone", []) if args.alone is None else [l for l in args.alone.split(",") if l not in ("", "none")]
-    if set(alone) - set(langs) or len(set(alone)) != len(alone):
-        raise SystemExit(f"error: --alone {','.join(alone)}: give distinct languages of the profile "
-                         f"({','.join(langs)}), or none")
+    where = "--alone" if args.alone is not None else f"{args.profile}'s alone languages"
+    if set(alone) - set(langs) or len(set(alone)) != len(alone) or len(alone) >= len(langs):
+        raise SystemExit(f"error: {where} {','.join(alone)}: give distinct languages of the profile "
+                         f"({','.join(langs)}), not all of them, or none")
     n = len(langs)
     k = run["n_groups"] if args.groups is None else args.groups
     k = k or pair_count(n, len(alone))

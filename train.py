@@ -380,7 +380,7 @@ def main(argv):
     cfg["data_cache"] = cfg["data_cache"] or default_data_cache(cfg)
     lang_list = check_settings(cfg, VARIANTS)   # every refusal happens here, before any work
     base_langs = resolve_base_langs(cfg, lang_list)
-    alone = resolve_groups(cfg, lang_list, base_langs)   # --new_experts own: the new languages; --n_groups 0 -> a count
+    alone, n_groups = resolve_groups(cfg, lang_list, base_langs)   # --new_experts own: the new languages alone
     env = Env(cfg)
     run = RunDir(cfg).open() if env.master else None   # a lock; refuses a folder holding other settings
     check_profile_langs(cfg, lang_list)
@@ -410,7 +410,7 @@ def main(argv):
     #    group; the layers whose FFN moves most become MoE layers (the default eps 0: every layer).
     #    A language the base never saw has no kinship to measure yet (its deviation says "unknown"): under
     #    --new_experts own it gets an expert of its own, and the seen ones go in pairs (docs/METHOD.md §4)
-    grp = group.make_groups(prof, cfg["n_groups"], cfg["group_method"], cfg["eps"], seed=cfg["seed"], alone=alone)
+    grp = group.make_groups(prof, n_groups, cfg["group_method"], cfg["eps"], seed=cfg["seed"], alone=alone)
     groups, moe_layers = grp["groups"], grp["moe_layers"]
     if env.master:
         save_json(grp, os.path.join(cfg["out"], "groups.json"))

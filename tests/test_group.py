@@ -199,7 +199,8 @@ def test_languages_alone_get_an_expert_each_and_the_others_are_grouped_by_simila
     assert mine["k"] == 11 and mine["groups"] == G.make_groups(prof, 11, "agglomerative", 0.0, alone=alone)["groups"]
     assert len(G.main([str(p), "--out", out, "--alone", "none"])["groups"]) == 9
     for bad, msg in ((["--alone", "xx"], "--alone xx: give distinct languages of the profile"),
-                     (["--groups", "3"], r"--groups 3: choose 4..18 \(the profile has 18 languages, 3 of them alone\)")):
+                     (["--groups", "3"], r"--groups 3: choose 4..18 \(the profile has 18 languages, 3 of them alone\)"),
+                     (["--alone", ",".join(LANGS_18)], "--alone ar,.*: give distinct languages of the profile .*, not all")):
         with pytest.raises(SystemExit, match=msg):
             G.main([str(p), "--out", out] + bad)
     capsys.readouterr()

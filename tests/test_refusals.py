@@ -33,7 +33,8 @@ def run(out, cache, *extra):
                                 "each of the 2 new ones"),
     (["--top_k", "0"], "--top_k must be at least 1"),
     (["--top_k", "3"], "--top_k 3 > --n_groups 2"),
-    (["--n_groups", "0", "--top_k", "3"], "--top_k 3 > --n_groups 2"),       # 0: pairs, 2 for 4 languages
+    (["--n_groups", "0", "--top_k", "3"], r"--top_k 3 > --n_groups 0 \(pairs: 2\) experts"),   # 4 languages
+    (["--langs", "de,nl", "--n_groups", "0", "--top_k", "1"], r"--n_groups 0 \(pairs: 1\) is one expert"),
     (["--variants", "foo"], "--variants 'foo': choose from"),
     (["--variants", "dmoe,dmoe"], "names a variant twice"),
     (["--langs", "ar,ar,de"], "--langs names ar more than once"),
@@ -57,6 +58,20 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, cache, extra, messag
         run(out, cache, *extra)
     assert "\n" not in str(e.value)
     assert not out.exists()                          # nothing written, no data prepared, no folder blocked
+
+
+def test_a_folder_from_before_new_experts_is_not_continued_under_it(tmp_path, cache):
+    """A run folder made before --new_experts existed grouped its new languages like the others; its
+    config.json lacks the key. Today's default (own) would regroup over its finished checkpoints: refused."""
+    out = tmp_path / "run"
+    run(out, cache, *QUICK, "--base_langs", "de,nl,ru", "--new_experts", "grouped", "--variants", "cpt")
+    cfg = json.loads((out / "config.json").read_text())
+    del cfg["new_experts"]
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SystemExit, match="holds a run with new_experts='grouped' \\(now 'own'\\)") as e:
+        run(out, cache, *QUICK, "--base_langs", "de,nl,ru", "--variants", "cpt")
+    assert "\n" not in str(e.value)
+    run(out, cache, *QUICK, "--base_langs", "de,nl,ru", "--new_experts", "grouped", "--variants", "cpt")   # what it was
 
 
 def test_out_that_is_a_file_or_unwritable(tmp_path, cache, monkeypatch):
