@@ -12,9 +12,12 @@ became train.py's default (`--new_experts own`), whose own runs give the same gr
     python experiments/regime/extra/own_expert.py --runs runs/def9 --seeds 0,1,2
     python experiments/regime/extra/own_expert.py --runs runs/def9 --seeds 0,1,2 --tag prior03 \
         --train_args "--router_alpha2 0.3"      # + train.py settings (cpt must be unaffected by them)
+    OMP_NUM_THREADS=1 python experiments/regime/extra/own_expert.py --runs runs/regime/k9_after2 --seeds 0 \
+        --tag after2 --train_args "--stage1_steps 200 --stage2_steps 1800"   # twice the steps (that point's cpt)
 """
 import argparse
 import os
+import shlex
 import sys
 
 import numpy as np
@@ -59,7 +62,7 @@ def main():
         mine = own_expert_groups(prof["similarity"], prof["langs"], ref["base_langs"])
         cmd = ["--langs", "18", "--seed", str(s), "--n_groups", str(len(mine)), "--out", dst] + args.train_args.split()
         res = train_with_groups(mine, "own expert per new language (experiments/regime/extra/own_expert.py)", cmd)
-        command = ("python experiments/regime/extra/own_expert.py " + " ".join(sys.argv[1:])
+        command = ("python experiments/regime/extra/own_expert.py " + shlex.join(sys.argv[1:])
                    + f"  (train.py {' '.join(cmd)} with these groups, after copying {', '.join(KEEP)} from {src})")
         point = point_record(s, mine, res, command, random_groups=res["random_groups"], default_ppl=avg_ppl(ref),
                              seen_new=res["by_langs"], default_seen_new=ref["by_langs"])
