@@ -393,12 +393,17 @@ def make_groups(profile, k, method="agglomerative", eps=0.6, seed=0, linkage="co
 # -----------------------------------------------------------------------------
 # what a run prints (the full picture, heatmap and bars: python analysis/console.py RUN)
 
+def title(g):
+    """'13 groups (agglomerative, linkage complete; de it ... alone (new after base)):', a groups.json's heading."""
+    extra = f", linkage {g['linkage']}" if "linkage" in g else ""
+    alone = f"; {' '.join(g['alone'])} alone (new after base)" if g.get("alone") else ""
+    return f"{len(g['groups'])} groups ({g['method']}{extra}{alone}):"
+
+
 def describe(g):
     """The groups with their mean similarity, how stable they are, and the MoE layers, as a few lines."""
     S = np.asarray(g["similarity"], dtype=np.float64)
-    extra = f", linkage {g['linkage']}" if "linkage" in g else ""
-    alone = f"; {' '.join(g['alone'])} alone (new after base)" if g.get("alone") else ""
-    out = [f"{len(g['groups'])} groups ({g['method']}{extra}{alone}):"]
+    out = [title(g)]
     gsim = g.get("group_similarity") or within_similarity(S, g["langs"], g["groups"])
     for gi, (grp, s) in enumerate(zip(g["groups"], gsim)):
         out.append(f"  group {gi:2d} ({len(grp)}): {' '.join(grp):<40s} mean sim {'-' if s is None else f'{s:.4f}'}")

@@ -15,7 +15,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from common import normalized  # noqa: E402
-from group import within_similarity  # noqa: E402
+from group import title, within_similarity  # noqa: E402
 
 SHADES = " ░▒▓█"                          # heatmap cells, low -> high
 EIGHTHS = ("", "▏", "▎", "▍", "▌", "▋", "▊", "▉")  # the partial last cell of a bar
@@ -102,9 +102,7 @@ def group_report(g, profile=None):
     off = S[~np.eye(n, dtype=bool)]
     if off.size:
         out.append(f"off-diagonal similarity: mean {off.mean():.4f}, min {off.min():.4f}, max {off.max():.4f}")
-    extra = f", linkage {g['linkage']}" if "linkage" in g else ""
-    alone = f"; {' '.join(g['alone'])} alone (new after base)" if g.get("alone") else ""
-    out.append(f"\n{len(groups)} groups ({g['method']}{extra}{alone}):")
+    out.append("\n" + title(g))
     gsim = g.get("group_similarity") or within_similarity(S, langs, groups)
     for gi, (grp, s) in enumerate(zip(groups, gsim)):
         sim = "-" if s is None else f"{s:.4f}"
