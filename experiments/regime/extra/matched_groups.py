@@ -26,7 +26,7 @@ from common import save_json  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from points import avg_ppl, copy_run, point_record, train_with_groups  # noqa: E402
+from points import avg_ppl, command, pending, point_record, train_with_groups  # noqa: E402
 KEEP = ("config.json", "base.pt", "profile.json", "cpt_stage1.pt", "cpt.pt", "random_stage1.pt", "random.pt")
 
 
@@ -54,18 +54,13 @@ def main():
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--out", default="runs/matched")
     args = p.parse_args()
-    for s in [int(x) for x in args.seeds.split(",")]:
-        out_json = os.path.join(HERE, f"matched_groups_s{s}.json")
-        if os.path.exists(out_json):
-            continue
-        src, dst = os.path.join(args.runs, f"s{s}"), os.path.join(args.out, f"s{s}")
-        ref, prof = copy_run(src, dst, KEEP)
+    for s, out_json, src, dst, ref, prof in pending(args.seeds, "matched_groups_s%d.json", args.runs, args.out, KEEP):
         mine = matched_groups(prof["similarity"], prof["langs"], ref["base_langs"])
         cmd = ["--langs", "18", "--seed", str(s), "--new_experts", "grouped", "--out", dst]
         res = train_with_groups(mine, "matched (experiments/regime/extra/matched_groups.py)", cmd)
-        command = ("python experiments/regime/extra/matched_groups.py " + " ".join(sys.argv[1:])
-                   + f"  (train.py {' '.join(cmd)} with the matched groups, after copying {', '.join(KEEP)} from {src})")
-        point = point_record(s, mine, res, command, default_groups=ref["groups"],
+        how = command("experiments/regime/extra/matched_groups.py", cmd,
+                      f"with the matched groups, after copying {', '.join(KEEP)} from {src}")
+        point = point_record(s, mine, res, how, default_groups=ref["groups"],
                              default_dmoe_ppl=avg_ppl(ref)["dmoe"], seen_new=res["by_langs"],
                              default_seen_new=ref["by_langs"])
         save_json(point, out_json)

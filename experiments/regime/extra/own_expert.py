@@ -17,7 +17,6 @@ became train.py's default (`--new_experts own`), whose own runs give the same gr
 """
 import argparse
 import os
-import shlex
 import sys
 
 import numpy as np
@@ -29,9 +28,8 @@ import group  # noqa: E402
 from common import save_json  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from points import avg_ppl, copy_run, point_record, train_with_groups  # noqa: E402
+from points import avg_ppl, command, pending, point_record, train_with_groups  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 KEEP = ("base.pt", "profile.json", "cpt_stage1.pt", "cpt.pt")
 
 
@@ -53,18 +51,13 @@ def main():
     args = p.parse_args()
     name = "own_expert" + (f"_{args.tag}" if args.tag else "")
     args.out = args.out or os.path.join("runs", name)
-    for s in [int(x) for x in args.seeds.split(",")]:
-        out_json = os.path.join(HERE, f"{name}_s{s}.json")
-        if os.path.exists(out_json):
-            continue
-        src, dst = os.path.join(args.runs, f"s{s}"), os.path.join(args.out, f"s{s}")
-        ref, prof = copy_run(src, dst, KEEP)
+    for s, out_json, src, dst, ref, prof in pending(args.seeds, name + "_s%d.json", args.runs, args.out, KEEP):
         mine = own_expert_groups(prof["similarity"], prof["langs"], ref["base_langs"])
         cmd = ["--langs", "18", "--seed", str(s), "--n_groups", str(len(mine)), "--out", dst] + args.train_args.split()
         res = train_with_groups(mine, "own expert per new language (experiments/regime/extra/own_expert.py)", cmd)
-        command = ("python experiments/regime/extra/own_expert.py " + shlex.join(sys.argv[1:])
-                   + f"  (train.py {' '.join(cmd)} with these groups, after copying {', '.join(KEEP)} from {src})")
-        point = point_record(s, mine, res, command, random_groups=res["random_groups"], default_ppl=avg_ppl(ref),
+        how = command("experiments/regime/extra/own_expert.py", cmd,
+                      f"with these groups, after copying {', '.join(KEEP)} from {src}")
+        point = point_record(s, mine, res, how, random_groups=res["random_groups"], default_ppl=avg_ppl(ref),
                              seen_new=res["by_langs"], default_seen_new=ref["by_langs"])
         save_json(point, out_json)
         print(f"seed {s}: groups {mine}\n  {point['ppl']} MoE gain {point['moe_gain_pct']}% grouping gain "

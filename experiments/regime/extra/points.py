@@ -4,6 +4,7 @@ with other groups or another profile, copying the stages it can reuse, and lands
 """
 import json
 import os
+import shlex
 import shutil
 import sys
 
@@ -24,6 +25,24 @@ def copy_run(src, dst, files):
             shutil.copy2(os.path.join(src, f), os.path.join(dst, f))
     with open(os.path.join(src, "results.json")) as f, open(os.path.join(src, "profile.json")) as g:
         return json.load(f), json.load(g)
+
+
+def pending(seeds, json_name, runs, out, files):
+    """The seeds (a "0,1,2" string) whose point has not landed yet: (seed, its JSON path json_name % seed in
+    this folder, the default run's folder, the point's folder, that run's results.json and profile.json),
+    with `files` copied over (copy_run). A landed JSON is a finished seed: the sweep resumes seed by seed."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for s in [int(x) for x in seeds.split(",")]:
+        out_json = os.path.join(here, json_name % s)
+        if os.path.exists(out_json):
+            continue
+        src, dst = os.path.join(runs, f"s{s}"), os.path.join(out, f"s{s}")
+        yield (s, out_json, src, dst) + copy_run(src, dst, files)
+
+
+def command(script, argv, what):
+    """The command line that made a point (the wrapper's, shell-quoted) and what it ran, for its JSON."""
+    return f"python {script} {shlex.join(sys.argv[1:])}  (train.py {' '.join(argv)} {what})"
 
 
 def train_with_groups(groups, method, argv):

@@ -25,7 +25,7 @@ import group  # noqa: E402
 from common import save_json  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from points import avg_ppl, copy_run, point_record  # noqa: E402
+from points import avg_ppl, pending, point_record  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KEEP = ("config.json", "base.pt", "cpt_stage1.pt", "cpt.pt", "random_stage1.pt", "random.pt")
@@ -67,12 +67,7 @@ def main():
     save_json(summary, os.path.join(HERE, "warm_profile_groups.json"))
     if not args.train:
         return
-    for s in seeds:
-        out_json = os.path.join(HERE, f"warm_profile_s{s}.json")
-        if os.path.exists(out_json):
-            continue
-        src, dst = os.path.join(args.runs, f"s{s}"), os.path.join(args.out, f"s{s}")
-        ref, _ = copy_run(src, dst, KEEP)
+    for s, out_json, src, dst, ref, _ in pending(args.seeds, "warm_profile_s%d.json", args.runs, args.out, KEEP):
         cmd = [sys.executable, "train.py", "--langs", "18", "--seed", str(s), "--new_experts", "grouped", "--out", dst]
         run(cmd)
         with open(os.path.join(dst, "results.json")) as f:
